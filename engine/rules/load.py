@@ -1,0 +1,131 @@
+"""Rule files -> plain Python documents, with the line and column of every key and list item.
+
+A rules path is a file or a directory searched recursively for `*.yaml` / `*.yml`. YAML is composed
+into nodes first so that each mapping key and sequence item keeps its mark; errors found later (schema,
+semantics) are reported at the offending key through `Document.locate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+
+from engine.rules.errors import Path, Problem, RuleError
+
+RULE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Document:
+    """One rule file: its data, its sha256, and where each path in it was written."""
+
+    file: str
+    data: Any
+    sha256: str
+    marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path) -> tuple[int, int]:
+        """(line, col), 1-based, of the key or item at `path`, or of its nearest ancestor."""
+        while path:
+            mark = self.marks.get(path)
+            if mark is not None:
+                return mark
+            path = path[:-1]
+        return self.marks.get((), (1, 1))
+
+    def rule_name(self, path: Path) -> str | None:
+        """The name of the rule that `path` lies in, if it lies in `rules[i]` and that rule has one."""
+        if len(path) >= 2 and path[0] == "rules" and isinstance(path[1], int):
+            rules = self.data.get("rules") if isinstance(self.data, dict) else None
+            if isinstance(rules, list) and path[1] < len(rules) and isinstance(rules[path[1]], dict):
+                name = rules[path[1]].get("name")
+                return name if isinstance(name, str) else None
+        return None
+
+    def error(self, problem: Problem) -> RuleError:
+        line, col = self.locate(problem.path)
+        rule = problem.rule if problem.rule is not None else self.rule_name(problem.path)
+        return RuleError(problem.file, line, col, rule, problem.message, problem.warning)
+
+
+def find_rule_files(paths: list[str]) -> tuple[list[str], list[RuleError]]:
+    """Expand rules paths into rule files, in a stable order; a missing path is an error."""
+    files: list[str] = []
+    errors: list[RuleError] = []
+    for raw in paths:
+        p = FsPath(raw)
+        if p.is_dir():
+            found = sorted(str(f) for f in p.rglob("*") if f.suffix in RULE_SUFFIXES and f.is_file())
+            files.extend(found)
+        elif p.is_file():
+            files.append(raw)
+        else:
+            errors.append(RuleError(raw, 1, 1, None, "no such file or directory"))
+    seen: set[str] = set()
+    unique = [f for f in files if not (f in seen or seen.add(f))]
+    return unique, errors
+
+
+def load_file(file: str) -> Document | RuleError:
+    """Read and parse one rule file; a YAML error comes back as a located RuleError."""
+    try:
+        raw = FsPath(file).read_bytes()
+    except OSError as exc:
+        return RuleError(file, 1, 1, None, f"cannot read file: {exc.strerror or exc}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return RuleError(file, 1, 1, None, f"not valid UTF-8 at byte {exc.start}")
+    doc = Document(file, None, hashlib.sha256(raw).hexdigest())
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        doc.data = {} if node is None else _construct(node, (), doc.marks)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return RuleError(file, line, col, None, f"invalid YAML: {exc.problem or exc.context}")
+    except _DuplicateKey as exc:
+        return RuleError(file, exc.line, exc.col, None, f"duplicate key '{exc.key}'")
+    doc.marks[()] = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
+    return doc
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, line: int, col: int) -> None:
+        super().__init__(key)
+        self.key, self.line, self.col = key, line, col
+
+
+_scalars = yaml.SafeLoader("")
+
+
+def _construct(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]]) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        _scalars.flatten_mapping(node)  # resolves `<<:` merge keys
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = _construct(key_node, path, marks)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "mapping keys must be scalars", key_node.start_mark
+                )
+            if key in out:
+                raise _DuplicateKey(str(key), key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            child = (*path, key)
+            marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            out[key] = _construct(value_node, child, marks)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        items = []
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
+            items.append(_construct(item, child, marks))
+        return items
+    if node.tag == "tag:yaml.org,2002:timestamp":
+        return node.value  # dates stay text: JSON has no date type and the schema expects strings
+    return _scalars.construct_object(node, deep=True)
