@@ -1,0 +1,315 @@
+"""Match + service -> the PagerDuty body to POST (Events API v2 or legacy v1), limits enforced.
+
+Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
+- severity: the rule's template (stripped, lower-cased, one of critical|error|warning|info), else the
+  service's default severity, else `error`. A value outside that set is a template error; an empty one
+  means "unset".
+- summary / v1 description: the rule's template, else `<rule name>: <event.message | event.title |
+  "event matched">`; truncated to 1,024 characters ending with `…`.
+- source: the rule's template, else `event.host` (a non-empty string or a number), else `alert-engine`.
+- dedup key: the rule's template, else the rule name and the `group_by` values joined by `/` (a
+  non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
+  empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
+- timestamp (v2): the event's `timestamp` (ISO 8601, or seconds since the epoch, milliseconds when
+  > 1e11) in UTC with `Z`, else `now`.
+- custom details (v2) / details (v1): the rule's `details` tree, else the whole event.
+- component, group, class: omitted when unset or rendered empty; links without href and images
+  without src are dropped; empty link/image lists are omitted.
+
+A template that fails at run time never drops the page: its field takes the default and the failure
+is recorded in the details under `template_error` (`{field: message}`); details that are not a
+mapping are wrapped as `{"details": value, "template_error": {...}}`.
+
+Body limit: a body whose JSON (`json.dumps` with its default separators and `ensure_ascii`, which is
+never smaller than any other UTF-8 serialisation of it) exceeds 512 KiB gets its details replaced by
+`{"_truncated": "custom_details trimmed: body was N bytes, limit 524288", ...}` followed by the
+top-level detail keys that still fit, `template_error` first, then in their order, skipping any key
+that does not fit. Details that are not a mapping are replaced by the marker alone. Fields other than
+the details are not trimmed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.rules.conditions import field_values
+from engine.rules.ruleset import SEVERITIES, Image, Link, Match, Rule, Service, mask_key
+from engine.templates import Template, TemplateRenderError, context, iso_utc
+
+CLIENT = "alert-engine"
+DEFAULT_SOURCE = "alert-engine"
+DEFAULT_SEVERITY = "error"
+SUMMARY_LIMIT = 1024
+DEDUP_KEY_LIMIT = 255
+DEDUP_KEY_PREFIX = 190  # 190 + "~" + 64 hex digits = 255
+BODY_LIMIT = 512 * 1024
+EPOCH_MILLISECONDS_ABOVE = 1e11
+
+API_PATHS = {"v2": "/v2/enqueue", "v1": "/generic/2010-04-15/create_event.json"}
+_KEY_FIELDS = {"v2": "routing_key", "v1": "service_key"}
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One body to POST to one PagerDuty service. `body` holds the service key: never printed."""
+
+    rule: str
+    service: str
+    api: str  # "v2" or "v1"
+    action: str  # "trigger" or "resolve"
+    dedup_key: str
+    body: dict[str, Any] = field(repr=False, hash=False)
+    summary: str = ""  # what the page says (v2 payload.summary, v1 description); empty for resolves
+    severity: str | None = None  # v2 only: the v1 API has no severity
+
+    @property
+    def path(self) -> str:
+        return API_PATHS[self.api]
+
+    def url(self, base: str) -> str:
+        return base.rstrip("/") + self.path
+
+    def masked_body(self) -> dict[str, Any]:
+        """A copy of the body with the service key masked, for logs and `alert-engine test`."""
+        masked = dict(self.body)
+        key_field = _KEY_FIELDS[self.api]
+        if key_field in masked:
+            masked[key_field] = mask_key(masked[key_field])
+        return masked
+
+
+def render(match: Match, service: Service, now: dt.datetime) -> Notification:
+    """The trigger notification of `match` for `service` (v1 or v2, as the service says)."""
+    rendering = _Rendering(match.rule, match.event, now)
+    summary = _truncate(rendering.summary(), SUMMARY_LIMIT)
+    dedup_key = limit_dedup_key(rendering.dedup_key())
+    links, images = rendering.links(), rendering.images()
+    if service.api == "v2":
+        payload = rendering.v2_payload(summary, service)
+        payload["custom_details"] = rendering.details()  # last: it reports every failure before it
+        body: dict[str, Any] = {
+            "routing_key": service.key,
+            "event_action": "trigger",
+            "dedup_key": dedup_key,
+            "payload": payload,
+        }
+        if links:
+            body["links"] = links
+        if images:
+            body["images"] = images
+        body["client"] = CLIENT
+        _fit_body(body, payload, "custom_details")
+    elif service.api == "v1":
+        body = {
+            "service_key": service.key,
+            "event_type": "trigger",
+            "incident_key": dedup_key,
+            "description": summary,
+            "details": rendering.details(),
+            "client": CLIENT,
+        }
+        contexts = [{"type": "link", **x} for x in links] + [{"type": "image", **x} for x in images]
+        if contexts:
+            body["contexts"] = contexts
+        _fit_body(body, body, "details")
+    else:
+        raise ValueError(f"service {service.name!r}: unknown api {service.api!r}")
+    severity = body["payload"]["severity"] if service.api == "v2" else None
+    return Notification(match.rule.name, service.name, service.api, "trigger", dedup_key, body, summary, severity)
+
+
+def render_resolve(rule_name: str, service: Service, dedup_key: str) -> Notification:
+    """The resolve notification for an incident opened under `dedup_key`."""
+    dedup_key = limit_dedup_key(dedup_key)
+    if service.api == "v2":
+        body = {"routing_key": service.key, "event_action": "resolve", "dedup_key": dedup_key}
+    elif service.api == "v1":
+        body = {"service_key": service.key, "event_type": "resolve", "incident_key": dedup_key}
+    else:
+        raise ValueError(f"service {service.name!r}: unknown api {service.api!r}")
+    return Notification(rule_name, service.name, service.api, "resolve", dedup_key, body)
+
+
+class _Rendering:
+    """One rule's fields rendered for one event, collecting template failures as `{field: message}`."""
+
+    def __init__(self, rule: Rule, event: Mapping[str, Any], now: dt.datetime) -> None:
+        self.rule = rule
+        self.event = event
+        self.now = now
+        self.ctx = context(rule, event, now)
+        self.errors: dict[str, str] = {}
+
+    def text(self, template: Template | None, name: str) -> str:
+        """The rendered text, or "" when unset or failed (the failure is recorded)."""
+        if template is None:
+            return ""
+        try:
+            return template.render(self.ctx, field=name)
+        except TemplateRenderError as exc:
+            self.errors[exc.field] = exc.message
+            return ""
+
+    def summary(self) -> str:
+        return self.text(self.rule.summary, "summary") or default_summary(self.rule, self.event)
+
+    def dedup_key(self) -> str:
+        return self.text(self.rule.dedup_key, "dedup_key") or default_dedup_key(self.rule, self.event)
+
+    def severity(self, service: Service) -> str:
+        fallback = service.severity or DEFAULT_SEVERITY
+        rendered = self.text(self.rule.severity, "severity").strip().lower()
+        if not rendered:
+            return fallback
+        if rendered not in SEVERITIES:
+            self.errors["severity"] = f"rendered {rendered!r}, not one of {', '.join(SEVERITIES)}"
+            return fallback
+        return rendered
+
+    def v2_payload(self, summary: str, service: Service) -> dict[str, Any]:
+        """The v2 payload without its custom details."""
+        rule = self.rule
+        payload: dict[str, Any] = {
+            "summary": summary,
+            "source": self.text(rule.source, "source") or default_source(self.event),
+            "severity": self.severity(service),
+            "timestamp": event_timestamp(self.event, self.now),
+        }
+        for name, template in (("component", rule.component), ("group", rule.group), ("class", rule.class_)):
+            if text := self.text(template, name):
+                payload[name] = text
+        return payload
+
+    def links(self) -> list[dict[str, str]]:
+        return [link for i, x in enumerate(self.rule.links) if (link := self._link(x, i))]
+
+    def images(self) -> list[dict[str, str]]:
+        return [image for i, x in enumerate(self.rule.images) if (image := self._image(x, i))]
+
+    def _link(self, link: Link, i: int) -> dict[str, str] | None:
+        href = self.text(link.href, f"links.{i}.href")
+        if not href:
+            return None
+        text = self.text(link.text, f"links.{i}.text")
+        return {"href": href, "text": text} if text else {"href": href}
+
+    def _image(self, image: Image, i: int) -> dict[str, str] | None:
+        src = self.text(image.src, f"images.{i}.src")
+        if not src:
+            return None
+        rendered = {"src": src}
+        if href := self.text(image.href, f"images.{i}.href"):
+            rendered["href"] = href
+        if alt := self.text(image.alt, f"images.{i}.alt"):
+            rendered["alt"] = alt
+        return rendered
+
+    def details(self) -> Any:
+        """The rendered details (default: the whole event), with `template_error` when anything failed.
+
+        Call it last: it reports the failures of every field rendered before it.
+        """
+        details: Any = dict(self.event)
+        if self.rule.details is not None:
+            try:
+                details = self.rule.details.render(self.ctx, field="details")
+            except TemplateRenderError as exc:
+                self.errors[exc.field] = exc.message
+        if not self.errors:
+            return details
+        if isinstance(details, dict):
+            return {**details, "template_error": dict(self.errors)}
+        return {"details": details, "template_error": dict(self.errors)}
+
+
+def default_summary(rule: Rule, event: Mapping[str, Any]) -> str:
+    for name in ("message", "title"):
+        value = event.get(name)
+        if isinstance(value, str) and value.strip():
+            return f"{rule.name}: {value}"
+    return f"{rule.name}: event matched"
+
+
+def default_source(event: Mapping[str, Any]) -> str:
+    host = event.get("host")
+    if isinstance(host, str) and host.strip():
+        return host
+    if isinstance(host, int | float) and not isinstance(host, bool):
+        return str(host)
+    return DEFAULT_SOURCE
+
+
+def default_dedup_key(rule: Rule, event: Mapping[str, Any]) -> str:
+    parts = [rule.name]
+    for path in rule.group_by:
+        parts.append(",".join(_key_text(value) for value in field_values(event, path)))
+    return "/".join(parts)
+
+
+def _key_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def limit_dedup_key(key: str) -> str:
+    """The key itself when PagerDuty accepts its length, else a stable shortened form (≤ 255)."""
+    if len(key) <= DEDUP_KEY_LIMIT:
+        return key
+    return key[:DEDUP_KEY_PREFIX] + "~" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def event_timestamp(event: Mapping[str, Any], now: dt.datetime) -> str:
+    """The event's `timestamp` as ISO 8601 UTC (`...Z`) when it parses, else `now`."""
+    moment = _parse_timestamp(event.get("timestamp")) or now
+    return iso_utc(moment, timespec="milliseconds" if moment.microsecond else "seconds")
+
+
+def _parse_timestamp(value: Any) -> dt.datetime | None:
+    if isinstance(value, str):
+        try:
+            moment = dt.datetime.fromisoformat(value.strip())
+        except ValueError:
+            return None
+        return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        seconds = value / 1000 if value > EPOCH_MILLISECONDS_ABOVE else value
+        try:
+            return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def body_size(body: Mapping[str, Any]) -> int:
+    """Bytes of the body as `json.dumps` serialises it (the largest of the usual serialisations)."""
+    return len(json.dumps(body).encode("utf-8"))
+
+
+def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> None:
+    """Trim `holder[key]` (the details) in place until the body fits BODY_LIMIT (module docstring)."""
+    size = body_size(body)
+    if size <= BODY_LIMIT:
+        return
+    details = holder[key]
+    trimmed: dict[str, Any] = {"_truncated": f"{key} trimmed: body was {size} bytes, limit {BODY_LIMIT}"}
+    holder[key] = trimmed
+    room = BODY_LIMIT - body_size(body)
+    if not isinstance(details, dict):
+        return
+    names = sorted(details, key=lambda name: name != "template_error")  # stable: template_error first
+    for name in names:
+        cost = len(json.dumps({name: details[name]}).encode("utf-8")) - 2 + len(", ")  # minus "{}"
+        if cost <= room:
+            trimmed[name] = details[name]
+            room -= cost
