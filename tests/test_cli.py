@@ -1,0 +1,148 @@
+"""engine/cli.py: check / eval / test, their output and exit codes, run as the installed command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "0123456789abcdef0123456789abcdef"
+RULES = """\
+services:
+  pay: {service_key: "${PD_PAY}"}
+  ops: {service_key: "${PD_OPS}", api: v1}
+rules:
+  - name: pay-5xx
+    match: {field: http.status, gte: 500}
+    services: [pay, ops]
+    group_by: [host]
+"""
+
+
+def run(*args: str, stdin: str | None = None, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    exe = Path(sys.executable).with_name("alert-engine")
+    return subprocess.run([str(exe), *args], input=stdin, capture_output=True, text=True, env=full_env,
+                          cwd=cwd, timeout=60)
+
+
+def rules_file(tmp_path, text: str = RULES) -> str:
+    path = tmp_path / "rules.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_check_ok_prints_counts(tmp_path):
+    proc = run("check", rules_file(tmp_path), env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rules, 2 services in 1 files\n")
+
+
+def test_check_errors_exit_1_with_located_messages(tmp_path):
+    path = rules_file(tmp_path, RULES.replace("services: [pay, ops]", "services: [pay, opz]"))
+    proc = run("check", path, env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert proc.returncode == 1
+    assert f"{path}:7:21: rule 'pay-5xx': unknown service 'opz' (did you mean 'ops'?)" in proc.stderr.splitlines()
+
+
+def test_check_missing_secrets_error_unless_allowed(tmp_path):
+    path = rules_file(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("PD_PAY", "PD_OPS")}
+    proc = subprocess.run([str(Path(sys.executable).with_name("alert-engine")), "check", path],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 1 and "environment variable PD_PAY is not set" in proc.stderr
+    proc = subprocess.run([str(Path(sys.executable).with_name("alert-engine")), "check",
+                           "--allow-missing-secrets", path], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0 and "warning: service 'pay'" in proc.stderr
+
+
+def test_usage_errors_exit_2():
+    assert run().returncode == 2
+    assert run("check").returncode == 2
+    assert run("frobnicate").returncode == 2
+
+
+def test_help_describes_every_command():
+    out = run("--help").stdout
+    for word in ("check", "eval", "test", "exit status"):
+        assert word in out
+    assert "--allow-missing-secrets" in run("check", "--help").stdout
+    assert "--events" in run("eval", "--help").stdout
+
+
+def test_eval_prints_one_masked_json_line_per_notification(tmp_path):
+    events = tmp_path / "events.ndjson"
+    events.write_text('{"host": "a", "http": {"status": 503}}\n{"host": "b", "http": {"status": 200}}\n'
+                      '{"host": "c", "http": {"status": 500}}\n')
+    proc = run("eval", rules_file(tmp_path), "--events", str(events), env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(x["event"], x["service"], x["api"]) for x in lines] == [
+        (0, "pay", "v2"), (0, "ops", "v1"), (2, "pay", "v2"), (2, "ops", "v1")]
+    assert lines[0]["url"] == "https://events.pagerduty.com/v2/enqueue"
+    assert lines[1]["url"] == "https://events.pagerduty.com/generic/2010-04-15/create_event.json"
+    assert lines[0]["body"]["routing_key"] == "****cdef"
+    assert lines[1]["body"]["service_key"] == "****cdef"
+    assert lines[0]["body"]["dedup_key"] == "pay-5xx/a"
+    assert KEY not in proc.stdout + proc.stderr
+
+
+def test_eval_reads_a_json_array_from_stdin_and_works_without_keys(tmp_path):
+    proc = run("eval", rules_file(tmp_path), "--events", "-", "--url", "http://127.0.0.1:1/",
+               stdin='[{"http": {"status": 500}}]', env={"PD_PAY": "", "PD_OPS": ""})
+    assert proc.returncode == 0, proc.stderr
+    first = json.loads(proc.stdout.splitlines()[0])
+    assert first["url"] == "http://127.0.0.1:1/v2/enqueue"
+
+
+def test_eval_bad_events_exit_1_naming_the_item(tmp_path):
+    proc = run("eval", rules_file(tmp_path), "--events", "-", stdin='[{"a": 1}, 7]',
+               env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "- (event 1): an event must be a JSON object, not int"
+
+
+def test_test_command_passes_on_the_shipped_example_tests():
+    proc = run("test", *sorted(str(p) for p in (REPO / "rules" / "tests").glob("*.yaml")))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].endswith(" passed, 0 failed")
+
+
+def test_test_command_prints_a_diff_and_exits_1_on_mismatch(tmp_path):
+    rules_file(tmp_path)
+    test_file = tmp_path / "t.yaml"
+    test_file.write_text("""\
+rule_files: [rules.yaml]
+tests:
+  - name: wrong expectations
+    events: [{host: a, http: {status: 500}}]
+    expect:
+      - {rule: pay-5xx, service: pay, dedup_key: pay-5xx/a}
+      - {rule: pay-5xx, service: sre}
+""")
+    proc = run("test", str(test_file))
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines() == [
+        f"FAIL  {test_file}: wrong expectations",
+        "      - missing:    {rule: 'pay-5xx', service: 'sre'}",
+        "      + unexpected: {rule: 'pay-5xx', service: 'ops', dedup_key: 'pay-5xx/a', severity: None, "
+        "summary: 'pay-5xx: event matched'}",
+        "0 passed, 1 failed",
+    ]
+
+
+def test_test_command_reports_a_broken_test_file_with_its_location(tmp_path):
+    test_file = tmp_path / "t.yaml"
+    test_file.write_text("rule_files: [rules.yaml]\ntests:\n  - name: x\n    events: []\n    expext: []\n")
+    proc = run("test", str(test_file))
+    assert proc.returncode == 1
+    assert f"{test_file}:5:5: unknown key 'expext' (did you mean 'expect'?)" in proc.stderr
+
+
+def test_a_rule_test_file_named_as_rules_is_an_error(tmp_path):
+    test_file = tmp_path / "t.yaml"
+    test_file.write_text("rule_files: [x.yaml]\ntests: []\n")
+    proc = run("check", str(test_file))
+    assert proc.returncode == 1 and "this is a rule test file" in proc.stderr
