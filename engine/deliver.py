@@ -1,0 +1,379 @@
+"""Delivery: claim notifications from the store, pace them per integration key, POST them to PagerDuty,
+classify the answer, and complete, retry later or dead-letter each one.
+
+- Order: the store hands out only the head of each (service, dedup key) chain, so a resolve never
+  overtakes its trigger, even while the trigger waits for a retry; different chains run in parallel,
+  at most `concurrency` requests in flight in total.
+- Answers: 2xx is delivered (PagerDuty answers 202 on v2 and 200 on v1). 429, v1's 403 (its rate-limit
+  answer), 408, 5xx, timeouts and connection errors are retried with exponential backoff and full
+  jitter (`uniform(0, min(cap, base * 2**attempt))`), waiting at least `Retry-After` when given. Any
+  other answer is dead-lettered at once with PagerDuty's response. A notification still undelivered
+  `give_up_after` seconds after its creation is dead-lettered with the last answer: the last attempt is
+  made at that deadline at the latest, and a `Retry-After` reaching past it gives up at once.
+- Pacing: a token bucket per integration key (`rate_per_key` per minute, `burst`; 0 turns it off).
+  A chain head that had to wait, for a token or for a retry, is backlogged: before it is sent, the
+  triggers queued right behind it are collapsed into the newest (see `engine.store`).
+- Dry run: instead of POSTing, each notification is written as one JSON line (key masked) to a stream
+  and completed into history as `delivered-dry-run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import enum
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+import aiohttp
+
+from engine.metrics import Registry
+from engine.render import Notification
+from engine.store import DELIVERED_DRY_RUN, OutboxEntry, Store
+
+log = logging.getLogger("alert_engine.deliver")
+
+DEFAULT_BASE_URL = "https://events.pagerduty.com"
+CLAIM_LIMIT = 1024  # chain heads claimed at once (waiting for a token, a slot, or in flight)
+POLL_INTERVAL = 1.0  # seconds: the fallback look at the outbox when nothing woke us
+USER_AGENT = "alert-engine"
+
+
+class Verdict(enum.Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+def classify(api: str, status: int | None) -> Verdict:
+    """What PagerDuty's HTTP status (None: no answer) means for a notification sent to `api`."""
+    if status is None or status in (408, 429) or status >= 500 or (api == "v1" and status == 403):
+        return Verdict.RETRY
+    if 200 <= status < 300:
+        return Verdict.DELIVERED
+    return Verdict.REJECTED
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when absent/bad."""
+    if value is None:
+        return None
+    with contextlib.suppress(ValueError):
+        seconds = float(value)  # PagerDuty sends whole seconds; fractions are taken as meant
+        return seconds if 0 <= seconds < math.inf else None
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return max(0.0, moment.timestamp() - now)
+
+
+def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff before retry number `attempt + 1` (`attempt` failures before)."""
+    return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 64)))
+
+
+class TokenBucket:
+    """`rate` tokens per second up to `burst`. `reserve` takes one now and says how long to wait for it.
+
+    Reservations may run the bucket negative: waiters are served in reservation order.
+    """
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.stamp = now
+
+    def reserve(self, now: float) -> float:
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        self.tokens -= 1
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back from one attempt: the HTTP status (None: no answer) and the body or the error."""
+
+    status: int | None
+    response: str
+    retry_after: float | None = None
+
+    def describe(self) -> str:
+        return f"HTTP {self.status}" if self.status is not None else self.response
+
+
+def integration_key(notification: Notification) -> str:
+    """The key PagerDuty rate-limits by (the service name when the body has none)."""
+    body = notification.body
+    return str(body.get("routing_key") or body.get("service_key") or notification.service)
+
+
+def _extra(entry: OutboxEntry, **more: Any) -> dict[str, Any]:
+    """The structured fields of every log line about a notification (never its key)."""
+    n = entry.notification
+    ids = {"rule": n.rule, "service": n.service, "dedup_key": n.dedup_key, "notification_id": entry.id}
+    return {**ids, **more}
+
+
+class Deliverer:
+    """Sends what the store holds until stopped. Call `notify()` after enqueueing to skip the poll.
+
+    `on_dead_letter(notification, reason)` is awaited after each dead letter is recorded (its errors
+    are logged, never raised).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: float = 10.0,
+        concurrency: int = 16,
+        give_up_after: float = 24 * 3600.0,
+        rate_per_key: float = 120.0,
+        burst: int = 20,
+        backoff_base: float = 1.0,
+        backoff_cap: float = 300.0,
+        metrics: Registry | None = None,
+        dry_run: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        on_dead_letter: Callable[[Notification, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._base_url = base_url
+        self._timeout = timeout
+        self._give_up_after = give_up_after
+        self._rate = rate_per_key / 60.0
+        self._burst = burst
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._dry_run = dry_run
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._on_dead_letter = on_dead_letter
+        self._buckets: dict[str, TokenBucket] = {}
+        self._in_flight = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._runner: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stop_at: float | None = None
+        registry = metrics or Registry()
+        self._sent = registry.counter(
+            "alert_engine_notifications_sent_total", "Notifications PagerDuty accepted.", ["service"]
+        )
+        self._retried = registry.counter(
+            "alert_engine_notifications_retried_total", "Failed attempts scheduled for a retry.", ["service"]
+        )
+        self._dead = registry.counter(
+            "alert_engine_notifications_dead_lettered_total", "Notifications given up on.", ["service"]
+        )
+        self._collapsed = registry.counter(
+            "alert_engine_notifications_collapsed_total",
+            "Queued triggers folded into a newer one while their key was backlogged.",
+            ["service"],
+        )
+        self._latency = registry.histogram(
+            "alert_engine_delivery_latency_seconds",
+            "From creation to PagerDuty's acknowledgement.",
+            ["service"],
+        )
+
+    async def start(self) -> None:
+        if self._dry_run is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                trust_env=True,
+                headers={"User-Agent": USER_AGENT},
+            )
+        self._runner = asyncio.create_task(self._run(), name="alert-engine-deliver")
+
+    def notify(self) -> None:
+        """New notifications are in the outbox: look now."""
+        self._idle.clear()
+        self._wake.set()
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight, waiting for a token, or pending in the outbox."""
+        await self._idle.wait()
+
+    async def stop(self, grace: float) -> None:
+        """Keep delivering for up to `grace` seconds, then stop; the rest stays in the outbox."""
+        if self._runner is None:
+            return
+        self._stop_at = self._clock() + grace
+        self.notify()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        self._runner.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(self._runner, *self._tasks, return_exceptions=True)
+        self._runner = None
+        await self._store.release()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                wait = await self._claim()
+            except Exception:
+                log.exception("cannot read the outbox; trying again in %gs", POLL_INTERVAL)
+                wait = POLL_INTERVAL
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation that
+            # stop() sends when the event is set at the same moment, and this loop would never end
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    async def _claim(self) -> float:
+        """Start a delivery for every chain head that is due; how long to sleep unless woken."""
+        free = CLAIM_LIMIT - len(self._tasks)
+        if free > 0:
+            for entry in await self._store.claim(now=self._clock(), limit=free):
+                task = asyncio.create_task(self._deliver(entry))
+                self._tasks.add(task)
+                task.add_done_callback(self._finished)
+        due = await self._store.next_due()
+        beyond_stop = self._stop_at is not None and due is not None and due > self._stop_at
+        if not self._tasks and (due is None or beyond_stop):
+            self._idle.set()
+        if due is None or len(self._tasks) >= CLAIM_LIMIT:
+            return POLL_INTERVAL
+        return min(max(due - self._clock(), 0.0), POLL_INTERVAL)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._wake.set()  # its chain may have a next head; the loop may be idle now
+
+    async def _deliver(self, entry: OutboxEntry) -> None:
+        try:
+            if self._dry_run is not None:
+                await self._write_dry_run(entry)
+                return
+            waited = entry.attempts > 0
+            if self._rate > 0:
+                bucket = self._buckets.get(key := integration_key(entry.notification))
+                if bucket is None:
+                    bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, time.monotonic())
+                delay = bucket.reserve(time.monotonic())
+                if delay > 0:
+                    log.debug("paced: waiting %.3fs for a token", delay, extra=_extra(entry))
+                    await asyncio.sleep(delay)
+                    waited = True
+            if waited:
+                entry = await self._collapse(entry)
+            async with self._in_flight:
+                answer = await self._post(entry)
+            await self._settle(entry, answer)
+        except Exception:
+            log.exception("delivery failed; it stays in the outbox", extra=_extra(entry))
+            with contextlib.suppress(Exception):
+                await self._store.release([entry])
+
+    async def _collapse(self, entry: OutboxEntry) -> OutboxEntry:
+        newest = await self._store.collapse(entry, now=self._clock())
+        folded = newest.collapsed - entry.collapsed
+        if newest.id != entry.id:
+            self._collapsed.inc(folded, service=entry.notification.service)
+            log.info(
+                "collapsed %d queued trigger(s) into notification %d", folded, newest.id, extra=_extra(newest)
+            )
+        return newest
+
+    async def _post(self, entry: OutboxEntry) -> Answer:
+        assert self._session is not None, "start() first"
+        url = entry.notification.url(self._base_url)
+        headers = {"Content-Type": "application/json"}
+        try:
+            async with self._session.post(url, data=entry.payload, headers=headers) as response:
+                text = await response.text(errors="replace")
+                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
+                return Answer(response.status, text, retry_after)
+        except TimeoutError:
+            return Answer(None, f"no answer within {self._timeout:g}s")
+        except aiohttp.ClientError as exc:
+            return Answer(None, f"{type(exc).__name__}: {exc}")
+
+    async def _settle(self, entry: OutboxEntry, answer: Answer) -> None:
+        service = entry.notification.service
+        verdict = classify(entry.notification.api, answer.status)
+        now = self._clock()
+        attempt = entry.attempts + 1
+        extra = _extra(entry, attempt=attempt, status=answer.status)
+        if verdict is Verdict.DELIVERED:
+            await self._store.complete(entry, now=now, status=answer.status, response=answer.response)
+            self._sent.inc(service=service)
+            self._latency.observe(max(0.0, now - entry.created), service=service)
+            log.info("delivered (%s)", answer.describe(), extra=extra)
+            return
+        if verdict is Verdict.REJECTED:
+            reason = f"PagerDuty rejected it: HTTP {answer.status}"
+            await self._bury(entry, answer, reason, now, extra)
+            return
+        deadline = entry.created + self._give_up_after
+        wait = backoff(entry.attempts, self._backoff_base, self._backoff_cap, self._rng)
+        if answer.retry_after is not None:
+            wait = max(wait, answer.retry_after)
+            if now + answer.retry_after > deadline:
+                reason = f"gave up: Retry-After {answer.retry_after:g}s reaches past give_up_after"
+                await self._bury(entry, answer, reason, now, extra)
+                return
+        if now >= deadline:
+            reason = f"gave up: not delivered within {self._give_up_after:g}s (last: {answer.describe()})"
+            await self._bury(entry, answer, reason, now, extra)
+            return
+        due = min(now + wait, deadline)
+        await self._store.retry_later(entry, due=due, status=answer.status, response=answer.response)
+        self._retried.inc(service=service)
+        log.warning("attempt failed (%s); retrying in %.3fs", answer.describe(), due - now, extra=extra)
+
+    async def _bury(
+        self, entry: OutboxEntry, answer: Answer, reason: str, now: float, extra: dict[str, Any]
+    ) -> None:
+        await self._store.dead_letter(
+            entry, now=now, reason=reason, status=answer.status, response=answer.response
+        )
+        self._dead.inc(service=entry.notification.service)
+        log.error("dead-lettered: %s", reason, extra=extra)
+        if self._on_dead_letter is not None:
+            try:
+                await self._on_dead_letter(entry.notification, reason)
+            except Exception:
+                log.exception("the dead letter hook failed", extra=extra)
+
+    async def _write_dry_run(self, entry: OutboxEntry) -> None:
+        assert self._dry_run is not None
+        n = entry.notification
+        line = {
+            "rule": n.rule,
+            "service": n.service,
+            "api": n.api,
+            "url": n.url(self._base_url),
+            "dedup_key": n.dedup_key,
+            "action": n.action,
+            "body": n.masked_body(),
+        }
+        self._dry_run.write(json.dumps(line, ensure_ascii=False) + "\n")
+        self._dry_run.flush()
+        await self._store.complete(
+            entry, now=self._clock(), status=None, response="", outcome=DELIVERED_DRY_RUN
+        )
+        log.info("dry run: written, not sent", extra=_extra(entry))

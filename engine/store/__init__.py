@@ -1,0 +1,196 @@
+"""The storage interface: the durable outbox, the notification log (history) and the dead letters.
+
+Matching never sees it; delivery sees only `Store`. `engine/store/sqlite.py` implements it on one
+SQLite file; a shared backend (PostgreSQL) would implement the same protocol.
+
+The contract every backend keeps:
+- `enqueue` returns only once the notifications are durable (committed).
+- Notifications with the same (service, dedup key) form a chain ordered by creation; `claim` hands out
+  only the head of a chain, and only once the head is due and its chain is not already claimed. A
+  claim is a lease on the chain held in memory by this process, ended by `complete`, `retry_later`,
+  `dead_letter` or `release`; closing or crashing gives everything back (at-least-once).
+- A notification leaves the outbox only in the same transaction that writes it to history or to the
+  dead letters.
+- Rows returned for display (`HistoryEntry`, `DeadLetter`) hold masked bodies, never a service key.
+
+Collapse: while a chain is backlogged, `collapse` folds its head trigger and the triggers queued right
+behind it (up to, never across, a resolve) into the newest of them. `collapsed` (and
+`collapsed_count` in the body's details: v2 `payload.custom_details`, v1 `details`) is the number of
+earlier triggers folded into a notification, counting the ones they had folded in turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.render import Notification
+
+DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0  # seconds
+
+# History outcomes.
+DELIVERED = "delivered"
+DELIVERED_DRY_RUN = "delivered-dry-run"
+COLLAPSED = "collapsed"
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    """A claimed notification. `payload` is the stored JSON, sent as is."""
+
+    id: int
+    notification: Notification
+    payload: bytes = field(repr=False)
+    created: float  # seconds since the epoch
+    attempts: int  # failed attempts so far
+    collapsed: int  # earlier triggers folded into this one
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One notification that left the outbox delivered (or folded into one that was)."""
+
+    id: int
+    rule: str
+    service: str
+    api: str
+    action: str
+    dedup_key: str
+    outcome: str  # DELIVERED, DELIVERED_DRY_RUN or COLLAPSED
+    attempts: int
+    collapsed: int
+    created: float
+    sent: float
+    status: int | None  # PagerDuty's HTTP status; None for dry runs and collapsed ones
+    response: str  # PagerDuty's response body, or what it was collapsed into
+    body: dict[str, Any]  # masked
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A notification that will not be delivered unless an operator retries it."""
+
+    id: int
+    rule: str
+    service: str
+    api: str
+    action: str
+    dedup_key: str
+    reason: str
+    attempts: int
+    collapsed: int
+    created: float
+    failed: float
+    status: int | None  # the last HTTP status, None when there was no answer
+    response: str  # the last response body (or the connection error)
+    body: dict[str, Any]  # masked
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    outbox: int  # notifications waiting, including claimed ones
+    dead_letters: int
+    history: int
+    oldest_created: float | None  # creation time of the oldest notification in the outbox
+
+
+class Store(Protocol):
+    """What delivery, the daemon and the CLI need from storage. Times are seconds since the epoch."""
+
+    async def enqueue(self, notifications: Sequence[Notification], *, now: float) -> list[int]:
+        """Add the notifications (created and due `now`) durably; their ids, in order."""
+        ...
+
+    async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
+        """Lease up to `limit` chain heads that are due and not leased, earliest due first."""
+        ...
+
+    async def next_due(self) -> float | None:
+        """When the earliest unleased chain head is due; None when there is none."""
+        ...
+
+    async def collapse(self, entry: OutboxEntry, *, now: float) -> OutboxEntry:
+        """Fold the claimed trigger `entry` and the triggers queued behind it into the newest.
+
+        Returns the newest, claimed in its place, carrying `entry`'s attempts; `entry` itself when
+        nothing follows it (or it is a resolve). The folded ones go to history as COLLAPSED.
+        """
+        ...
+
+    async def complete(
+        self, entry: OutboxEntry, *, now: float, status: int | None, response: str, outcome: str = DELIVERED
+    ) -> None:
+        """Move the claimed entry to history and release it."""
+        ...
+
+    async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
+        """Count a failed attempt, make the entry due at `due`, release it. Its chain waits behind it."""
+        ...
+
+    async def dead_letter(
+        self, entry: OutboxEntry, *, now: float, reason: str, status: int | None, response: str
+    ) -> None:
+        """Move the claimed entry to the dead letters (counting this final attempt) and release it."""
+        ...
+
+    async def release(self, entries: Sequence[OutboxEntry] | None = None) -> None:
+        """Give claimed entries back untouched (all of them when None)."""
+        ...
+
+    async def history(
+        self,
+        *,
+        rule: str | None = None,
+        service: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[HistoryEntry]:
+        """The notification log, newest first."""
+        ...
+
+    async def prune_history(self, *, now: float, retention: float = DEFAULT_HISTORY_RETENTION) -> int:
+        """Forget history older than `retention` seconds; how many rows went."""
+        ...
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        """The dead letters, oldest first."""
+        ...
+
+    async def retry_dead_letter(self, id: int, *, now: float) -> int | None:
+        """Put a dead letter back in the outbox as new (due now, attempts 0); its new id, None if unknown."""
+        ...
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        """Delete the given dead letters (all when None); how many went."""
+        ...
+
+    async def counts(self) -> StoreCounts: ...
+
+    async def close(self) -> None:
+        """Finish pending writes and close. Leases are forgotten: unsent notifications stay pending."""
+        ...
+
+
+def fold_collapsed_count(api: str, body: dict[str, Any], collapsed: int) -> dict[str, Any]:
+    """A copy of a trigger body whose details carry `collapsed_count` (see the module docstring).
+
+    v2 keeps it in `payload.custom_details`, v1 in `details`; details that are not a mapping are
+    wrapped as `{"details": value, "collapsed_count": n}` (as render wraps them for template errors).
+    """
+    body = dict(body)
+    if api == "v2":
+        payload = dict(body.get("payload") or {})
+        payload["custom_details"] = _with_count(payload.get("custom_details"), collapsed)
+        body["payload"] = payload
+    else:
+        body["details"] = _with_count(body.get("details"), collapsed)
+    return body
+
+
+def _with_count(details: Any, collapsed: int) -> dict[str, Any]:
+    if details is None:
+        return {"collapsed_count": collapsed}
+    if isinstance(details, dict):
+        return {**details, "collapsed_count": collapsed}
+    return {"details": details, "collapsed_count": collapsed}

@@ -1,0 +1,443 @@
+"""The `Store` on one SQLite file (WAL, synchronous=FULL), with group commit.
+
+Every SQLite call runs on one dedicated thread that owns the connection, so the event loop never
+waits on the disk. Writes are queued; whatever queued while a transaction was being committed goes
+into the next single transaction (each write in its own savepoint, so one failing write fails alone).
+`commits` counts the transactions. Claims are leases on (service, dedup key) chains kept in memory on
+that thread: nothing about them is persisted, so on open everything in the outbox is pending again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from engine.render import Notification
+from engine.store import (
+    COLLAPSED,
+    DEFAULT_HISTORY_RETENTION,
+    DELIVERED,
+    DeadLetter,
+    HistoryEntry,
+    OutboxEntry,
+    StoreCounts,
+    fold_collapsed_count,
+)
+
+SCHEMA_VERSION = 1
+RESPONSE_LIMIT = 8192  # characters of a response body kept
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL,
+    created REAL NOT NULL, due REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, collapsed INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER, last_response TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS outbox_chain ON outbox (service, dedup_key, id);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL, outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL, collapsed INTEGER NOT NULL,
+    created REAL NOT NULL, sent REAL NOT NULL, status INTEGER, response TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_sent ON history (sent);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL, reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL, collapsed INTEGER NOT NULL,
+    created REAL NOT NULL, failed REAL NOT NULL, status INTEGER, response TEXT NOT NULL
+);
+"""
+
+_NOTIFICATION = "rule, service, api, action, dedup_key, body"
+_HEADS = f"""
+    SELECT o.id, {_NOTIFICATION}, created, due, attempts, collapsed FROM outbox o
+    JOIN (SELECT MIN(id) AS head FROM outbox GROUP BY service, dedup_key) ON o.id = head
+"""
+
+T = TypeVar("T")
+Chain = tuple[str, str]  # (service, dedup key)
+
+
+def serialise(body: dict[str, Any]) -> str:
+    """The one serialisation of a body: compact JSON, stored once and sent as stored."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass
+class _Write:
+    op: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    release: tuple[Chain, ...] = field(default=())  # chains whose lease ends with this write
+
+
+class SQLiteStore:
+    """The outbox, history and dead letters in one SQLite database. Build it with `await open(path)`."""
+
+    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+        self._db = connection
+        self._executor = executor
+        self._leases: set[Chain] = set()  # touched on the database thread only
+        self._writes: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0  # transactions committed: group commit makes this lower than the writes
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
+        """Open (creating, mode 0600) the database file at `path`."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-engine-sqlite")
+        try:
+            connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, Path(path))
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(connection, executor)
+
+    # -- the machinery: one thread, queued writes committed in groups --------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T], release: Sequence[Chain] = ()) -> T:
+        if self._closed:
+            raise RuntimeError("store is closed")
+        loop = asyncio.get_running_loop()
+        write = _Write(op, loop.create_future(), tuple(release))
+        self._writes.append(write)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await write.future
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
+            except BaseException as exc:  # the thread is gone (or we are cancelled): fail the callers
+                for write in batch:
+                    if not write.future.done():
+                        write.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+                raise
+            for write, (ok, value) in zip(batch, outcomes, strict=True):
+                if write.future.done():  # the caller was cancelled; the write stands
+                    continue
+                if ok:
+                    write.future.set_result(value)
+                else:
+                    write.future.set_exception(value)
+
+    def _commit(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
+        """On the database thread: the batch in one transaction, each write in its own savepoint."""
+        db = self._db
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for write in batch:
+                db.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, write.op(db)))
+                except Exception as exc:
+                    db.execute("ROLLBACK TO write")
+                    outcomes.append((False, exc))
+                db.execute("RELEASE write")
+            db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(batch)
+        finally:
+            for write in batch:  # ended leases end even when the write failed: the row is retried
+                self._leases.difference_update(write.release)
+        return outcomes
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            await self._flusher
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._db.close)
+        self._executor.shutdown(wait=True)
+
+    # -- the outbox ----------------------------------------------------------------------------------
+
+    async def enqueue(self, notifications: Sequence[Notification], *, now: float) -> list[int]:
+        rows = [
+            (n.rule, n.service, n.api, n.action, n.dedup_key, serialise(n.body), now, now)
+            for n in notifications
+        ]
+        if not rows:
+            return []
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            before = _sequence(db)
+            db.executemany(
+                f"INSERT INTO outbox ({_NOTIFICATION}, created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            after = _sequence(db)
+            if after - before != len(rows):
+                raise RuntimeError(f"outbox ids not consecutive: {before} -> {after} for {len(rows)} rows")
+            return list(range(before + 1, after + 1))
+
+        return await self._write(insert)
+
+    async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
+        def claim_heads(db: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = db.execute(
+                f"{_HEADS} WHERE due <= ? ORDER BY due, o.id LIMIT ?", (now, limit + len(self._leases))
+            ).fetchall()
+            claimed = []
+            for row in rows:
+                chain = (row[2], row[5])
+                if chain not in self._leases and len(claimed) < limit:
+                    self._leases.add(chain)
+                    claimed.append(_entry(row))
+            return claimed
+
+        return await self._read(claim_heads)
+
+    async def next_due(self) -> float | None:
+        def earliest(db: sqlite3.Connection) -> float | None:
+            rows = db.execute(f"{_HEADS} ORDER BY due LIMIT ?", (len(self._leases) + 1,)).fetchall()
+            return next((row[8] for row in rows if (row[2], row[5]) not in self._leases), None)
+
+        return await self._read(earliest)
+
+    async def collapse(self, entry: OutboxEntry, *, now: float) -> OutboxEntry:
+        n = entry.notification
+        if n.action != "trigger":
+            return entry
+
+        def fold(db: sqlite3.Connection) -> OutboxEntry:
+            rows = db.execute(
+                f"SELECT id, {_NOTIFICATION}, created, due, attempts, collapsed FROM outbox "
+                "WHERE service = ? AND dedup_key = ? AND id >= ? ORDER BY id",
+                (n.service, n.dedup_key, entry.id),
+            ).fetchall()
+            if not rows or rows[0][0] != entry.id:
+                raise LookupError(f"notification {entry.id} is not at the head of its chain")
+            run = [rows[0]]
+            for row in rows[1:]:
+                if row[4] != "trigger":
+                    break
+                run.append(row)
+            if len(run) == 1:
+                return entry
+            newest, folded = run[-1], run[:-1]
+            total = newest[10] + sum(1 + row[10] for row in folded)
+            db.executemany(
+                f"INSERT INTO history (id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, "
+                "status, response) SELECT id, rule, service, api, action, dedup_key, body, ?, attempts, "
+                "collapsed, created, ?, NULL, ? FROM outbox WHERE id = ?",
+                [(COLLAPSED, now, f"collapsed into notification {newest[0]}", row[0]) for row in folded],
+            )
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(row[0],) for row in folded])
+            body = serialise(fold_collapsed_count(n.api, json.loads(newest[6]), total))
+            db.execute(
+                "UPDATE outbox SET body = ?, collapsed = ?, attempts = ? WHERE id = ?",
+                (body, total, entry.attempts, newest[0]),
+            )
+            return _entry((*newest[:6], body, *newest[7:9], entry.attempts, total))
+
+        return await self._write(fold)
+
+    async def complete(
+        self, entry: OutboxEntry, *, now: float, status: int | None, response: str, outcome: str = DELIVERED
+    ) -> None:
+        def to_history(db: sqlite3.Connection) -> None:
+            moved = db.execute(
+                f"INSERT INTO history (id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, "
+                "status, response) SELECT id, rule, service, api, action, dedup_key, body, ?, attempts + 1, "
+                "collapsed, created, ?, ?, ? FROM outbox WHERE id = ?",
+                (outcome, now, status, response[:RESPONSE_LIMIT], entry.id),
+            ).rowcount
+            _leave_outbox(db, entry, moved)
+
+        await self._write(to_history, release=[_chain(entry)])
+
+    async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
+        def postpone(db: sqlite3.Connection) -> None:
+            updated = db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, due = ?, last_status = ?, last_response = ? "
+                "WHERE id = ?",
+                (due, status, response[:RESPONSE_LIMIT], entry.id),
+            ).rowcount
+            if updated != 1:
+                raise LookupError(f"notification {entry.id} is not in the outbox")
+
+        await self._write(postpone, release=[_chain(entry)])
+
+    async def dead_letter(
+        self, entry: OutboxEntry, *, now: float, reason: str, status: int | None, response: str
+    ) -> None:
+        def bury(db: sqlite3.Connection) -> None:
+            moved = db.execute(
+                f"INSERT INTO dead_letters (id, {_NOTIFICATION}, reason, attempts, collapsed, created, "
+                "failed, status, response) SELECT id, rule, service, api, action, dedup_key, body, ?, "
+                "attempts + 1, collapsed, created, ?, ?, ? FROM outbox WHERE id = ?",
+                (reason, now, status, response[:RESPONSE_LIMIT], entry.id),
+            ).rowcount
+            _leave_outbox(db, entry, moved)
+
+        await self._write(bury, release=[_chain(entry)])
+
+    async def release(self, entries: Sequence[OutboxEntry] | None = None) -> None:
+        def forget(db: sqlite3.Connection) -> None:
+            if entries is None:
+                self._leases.clear()
+            else:
+                self._leases.difference_update(_chain(e) for e in entries)
+
+        await self._read(forget)
+
+    # -- history and dead letters --------------------------------------------------------------------
+
+    async def history(
+        self,
+        *,
+        rule: str | None = None,
+        service: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[HistoryEntry]:
+        where, params = ["1"], []
+        for column, value in (("rule = ?", rule), ("service = ?", service), ("sent >= ?", since)):
+            if value is not None:
+                where.append(column)
+                params.append(value)
+
+        def select(db: sqlite3.Connection) -> list[HistoryEntry]:
+            rows = db.execute(
+                f"SELECT id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, status, response "
+                f"FROM history WHERE {' AND '.join(where)} ORDER BY sent DESC, id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [HistoryEntry(*row[:6], *row[7:], body=_masked(row)) for row in rows]
+
+        return await self._read(select)
+
+    async def prune_history(self, *, now: float, retention: float = DEFAULT_HISTORY_RETENTION) -> int:
+        return await self._write(
+            lambda db: db.execute("DELETE FROM history WHERE sent < ?", (now - retention,)).rowcount
+        )
+
+    async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
+        def select(db: sqlite3.Connection) -> list[DeadLetter]:
+            rows = db.execute(
+                f"SELECT id, {_NOTIFICATION}, reason, attempts, collapsed, created, failed, status, response "
+                "FROM dead_letters ORDER BY id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+            return [DeadLetter(*row[:6], *row[7:], body=_masked(row)) for row in rows]
+
+        return await self._read(select)
+
+    async def retry_dead_letter(self, id: int, *, now: float) -> int | None:
+        def revive(db: sqlite3.Connection) -> int | None:
+            cursor = db.execute(
+                f"INSERT INTO outbox ({_NOTIFICATION}, created, due, collapsed) "
+                f"SELECT {_NOTIFICATION}, ?, ?, collapsed FROM dead_letters WHERE id = ?",
+                (now, now, id),
+            )
+            if cursor.rowcount == 0:
+                return None
+            db.execute("DELETE FROM dead_letters WHERE id = ?", (id,))
+            return cursor.lastrowid
+
+        return await self._write(revive)
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        def purge(db: sqlite3.Connection) -> int:
+            if ids is None:
+                return db.execute("DELETE FROM dead_letters").rowcount
+            return db.executemany("DELETE FROM dead_letters WHERE id = ?", [(i,) for i in ids]).rowcount
+
+        return await self._write(purge)
+
+    async def counts(self) -> StoreCounts:
+        def count(db: sqlite3.Connection) -> StoreCounts:
+            outbox, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
+            (dead,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+            (history,) = db.execute("SELECT COUNT(*) FROM history").fetchone()
+            return StoreCounts(outbox=outbox, dead_letters=dead, history=history, oldest_created=oldest)
+
+        return await self._read(count)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """On the database thread: open, tune for durability, create or check the schema."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # SQLite gives -wal/-shm the same mode
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        (mode,) = db.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode.lower() != "wal":
+            raise sqlite3.OperationalError(f"{path}: cannot use WAL journal mode (got {mode!r})")
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA busy_timeout = 5000")
+        (version,) = db.execute("PRAGMA user_version").fetchone()
+        if version not in (0, SCHEMA_VERSION):
+            raise sqlite3.DatabaseError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
+        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _sequence(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return row[0] if row else 0
+
+
+def _chain(entry: OutboxEntry) -> Chain:
+    return (entry.notification.service, entry.notification.dedup_key)
+
+
+def _leave_outbox(db: sqlite3.Connection, entry: OutboxEntry, copied: int) -> None:
+    """Delete a row that was just copied to history or the dead letters (same transaction)."""
+    if copied != 1:
+        raise LookupError(f"notification {entry.id} is not in the outbox")
+    db.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
+
+
+def _notification(row: tuple[Any, ...]) -> Notification:
+    """The notification in a (id, rule, service, api, action, dedup_key, body, ...) row.
+
+    Summary and severity are read back from the body, where render put them.
+    """
+    rule, service, api, action, dedup_key, text = row[1:7]
+    body = json.loads(text)
+    payload = body.get("payload") if api == "v2" else None
+    if isinstance(payload, dict):
+        summary, severity = payload.get("summary", ""), payload.get("severity")
+    else:
+        summary, severity = body.get("description", ""), None
+    return Notification(rule, service, api, action, dedup_key, body, summary=summary, severity=severity)
+
+
+def _entry(row: tuple[Any, ...]) -> OutboxEntry:
+    """(id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed) -> entry."""
+    id, body, created, attempts, collapsed = row[0], row[6], row[7], row[9], row[10]
+    return OutboxEntry(id, _notification(row), body.encode(), created, attempts, collapsed)
+
+
+def _masked(row: tuple[Any, ...]) -> dict[str, Any]:
+    return _notification(row).masked_body()

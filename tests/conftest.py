@@ -1,0 +1,202 @@
+"""Shared fixtures: a fake PagerDuty on 127.0.0.1, and a maker of Notification objects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from engine.render import Notification
+
+V2_PATH = "/v2/enqueue"
+V1_PATH = "/generic/2010-04-15/create_event.json"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer: status, JSON (or text) body, headers, a delay before answering, and the
+    dedup key (v2 `dedup_key`, v1 `incident_key`) of the requests it is for (None: any request)."""
+
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    dedup_key: str | None = None
+
+
+@dataclass
+class Received:
+    """One request the fake got. `at` is time.monotonic() on arrival; `status` what it answered."""
+
+    path: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, None when it was not JSON
+    at: float
+    status: int | None = None
+
+
+INVALID_EVENT = {
+    "status": "invalid event",
+    "message": "Event object is invalid",
+    "errors": ["'payload.summary' is missing or blank"],
+}
+
+
+class FakePagerDuty:
+    """PagerDuty's Events API v2 and v1 endpoints, answering success unless told otherwise.
+
+    `fake.url` is its base URL. Script answers with `fail_next` / `reply_next` (consumed in arrival
+    order); `delay` holds every default answer that long; `wait_for(n)` awaits the n-th request.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[Received] = []
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._script: list[Reply] = []
+        self._changed = asyncio.Condition()
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post(V2_PATH, self._handle)
+        app.router.add_post(V1_PATH, self._handle)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        self._closing.set()  # delayed answers stop waiting
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def reply_next(self, *replies: Reply) -> None:
+        self._script.extend(replies)
+
+    def fail_next(
+        self,
+        n: int = 1,
+        status: int = 500,
+        *,
+        retry_after: str | None = None,
+        delay: float = 0.0,
+        body: Any = None,
+        dedup_key: str | None = None,
+    ) -> None:
+        """The next n requests (for `dedup_key`, if given) get `status` after `delay` seconds."""
+        if body is None:
+            body = INVALID_EVENT if status == 400 else {"status": "error", "message": f"HTTP {status}"}
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        self.reply_next(*[Reply(status, body, headers, delay, dedup_key)] * n)
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> list[Received]:
+        """Wait until n requests have arrived; all requests so far."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.requests) >= n), timeout)
+        return list(self.requests)
+
+    def bodies(self) -> list[Any]:
+        return [r.body for r in self.requests]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        received = Received(request.path, dict(request.headers), body, time.monotonic())
+        reply = self._scripted(_dedup_key(body)) or self._success(request.path, body)
+        async with self._changed:
+            self.requests.append(received)
+            self._changed.notify_all()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), reply.delay)
+        finally:
+            self.in_flight -= 1
+        received.status = reply.status
+        if isinstance(reply.body, str):
+            return web.Response(status=reply.status, text=reply.body, headers=reply.headers)
+        return web.json_response(reply.body, status=reply.status, headers=reply.headers)
+
+    def _scripted(self, dedup_key: str | None) -> Reply | None:
+        for i, reply in enumerate(self._script):
+            if reply.dedup_key is None or reply.dedup_key == dedup_key:
+                return self._script.pop(i)
+        return None
+
+    def _success(self, path: str, body: Any) -> Reply:
+        key = _dedup_key(body)
+        if path == V2_PATH:
+            answer = {"status": "success", "message": "Event processed", "dedup_key": key}
+            return Reply(202, answer, delay=self.delay)
+        answer = {"status": "success", "message": "Event processed", "incident_key": key}
+        return Reply(200, answer, delay=self.delay)
+
+
+def _dedup_key(body: Any) -> str | None:
+    return (body.get("dedup_key") or body.get("incident_key")) if isinstance(body, dict) else None
+
+
+@pytest.fixture
+async def fake_pagerduty() -> AsyncIterator[FakePagerDuty]:
+    fake = FakePagerDuty()
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.close()
+
+
+def service_key(service: str) -> str:
+    """The (fake) integration key of a service in tests: long enough to mask, easy to spot if leaked."""
+    return f"secret-key-of-{service}-0000"
+
+
+def make_notification(
+    service: str = "db",
+    dedup_key: str = "disk-full/host1",
+    action: str = "trigger",
+    api: str = "v2",
+    rule: str = "disk-full",
+    summary: str = "disk full on host1",
+    details: dict[str, Any] | None = None,
+) -> Notification:
+    """A notification with a body shaped like render's (v2 or v1, trigger or resolve)."""
+    key = service_key(service)
+    details = {"host": "host1"} if details is None else details
+    trigger = action == "trigger"
+    severity = "error" if trigger and api == "v2" else None
+    if api == "v2":
+        body: dict[str, Any] = {"routing_key": key, "event_action": action, "dedup_key": dedup_key}
+        if trigger:
+            body["payload"] = {"summary": summary, "source": "host1", "severity": severity,
+                               "custom_details": details}
+    else:
+        body = {"service_key": key, "event_type": action, "incident_key": dedup_key}
+        if trigger:
+            body.update(description=summary, details=details)
+    return Notification(rule, service, api, action, dedup_key, body,
+                        summary=summary if trigger else "", severity=severity)
+
+
+@pytest.fixture
+def notification() -> Callable[..., Notification]:
+    """`notification(service=..., dedup_key=..., action=..., api=...)` -> a Notification."""
+    return make_notification

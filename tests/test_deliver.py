@@ -1,0 +1,359 @@
+import asyncio
+import email.utils
+import io
+import json
+import logging
+import random
+import time
+
+import pytest
+
+from engine.deliver import (
+    Deliverer,
+    TokenBucket,
+    Verdict,
+    backoff,
+    classify,
+    integration_key,
+    parse_retry_after,
+)
+from engine.metrics import Registry
+from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN
+from engine.store.sqlite import SQLiteStore
+
+V2_PATH = "/v2/enqueue"
+V1_PATH = "/generic/2010-04-15/create_event.json"
+
+
+@pytest.fixture
+async def store(tmp_path):
+    opened = await SQLiteStore.open(tmp_path / "state.db")
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def registry():
+    return Registry()
+
+
+@pytest.fixture
+async def deliverer(store, fake_pagerduty, registry):
+    """`await deliverer(**options)`: a started Deliverer against the fake, fast backoff, no pacing."""
+    started = []
+
+    async def start(**options):
+        settings = {
+            "base_url": fake_pagerduty.url,
+            "timeout": 2.0,
+            "backoff_base": 0.01,
+            "backoff_cap": 0.05,
+            "rate_per_key": 0,
+            "metrics": registry,
+            "rng": random.Random(7),
+            **options,
+        }
+        started.append(Deliverer(store, **settings))
+        await started[-1].start()
+        return started[-1]
+
+    yield start
+    for one in started:
+        await one.stop(0)
+
+
+async def enqueue(store, deliverer, *notifications):
+    ids = await store.enqueue(list(notifications), now=time.time())
+    deliverer.notify()
+    return ids
+
+
+async def idle(deliverer):
+    await asyncio.wait_for(deliverer.wait_idle(), 10)
+
+
+# -- pure parts --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("api", "status", "verdict"),
+    [
+        ("v2", 202, Verdict.DELIVERED),
+        ("v1", 200, Verdict.DELIVERED),
+        ("v2", 429, Verdict.RETRY),
+        ("v1", 403, Verdict.RETRY),
+        ("v2", 403, Verdict.REJECTED),
+        ("v2", 500, Verdict.RETRY),
+        ("v1", 503, Verdict.RETRY),
+        ("v2", None, Verdict.RETRY),
+        ("v2", 400, Verdict.REJECTED),
+        ("v1", 404, Verdict.REJECTED),
+        ("v2", 301, Verdict.REJECTED),
+    ],
+)
+def test_classify(api, status, verdict):
+    assert classify(api, status) is verdict
+
+
+def test_parse_retry_after_seconds_and_http_date():
+    now = 1_700_000_000.0
+    assert parse_retry_after("30", now) == 30.0
+    assert parse_retry_after(" 0.5 ", now) == 0.5
+    assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now) == pytest.approx(120, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 120, usegmt=True), now) == 0.0
+    assert parse_retry_after(None, now) is None
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("-5", now) is None
+
+
+def test_backoff_is_full_jitter_doubling_to_the_cap():
+    rng = random.Random(3)
+    for attempt, ceiling in ((0, 1.0), (1, 2.0), (3, 8.0), (9, 300.0), (5000, 300.0)):
+        delays = [backoff(attempt, 1.0, 300.0, rng) for _ in range(200)]
+        assert all(0.0 <= d <= ceiling for d in delays)
+        assert max(delays) > ceiling * 0.8
+
+
+def test_token_bucket_gives_the_burst_then_spaces_by_the_rate():
+    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
+    assert [bucket.reserve(0.0) for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    assert bucket.reserve(10.0) == 0.0  # refilled, up to the burst
+
+
+def test_integration_key_is_the_key_in_the_body(notification):
+    assert integration_key(notification(service="db")) == notification(service="db").body["routing_key"]
+    assert integration_key(notification(api="v1", service="db")) == "secret-key-of-db-0000"
+
+
+# -- against the fake PagerDuty ----------------------------------------------------------------------
+
+
+async def test_v2_and_v1_are_delivered_and_logged(store, fake_pagerduty, deliverer, registry, notification):
+    v2, v1 = notification(service="db"), notification(service="web", api="v1", dedup_key="k1")
+    await store.enqueue([v2, v1], now=time.time())  # before start: resumed on start
+    await idle(await deliverer())
+    by_path = {r.path: r for r in fake_pagerduty.requests}
+    assert by_path[V2_PATH].body == v2.body
+    assert by_path[V1_PATH].body == v1.body
+    assert by_path[V2_PATH].headers["Content-Type"] == "application/json"
+    history = {h.service: h for h in await store.history()}
+    assert (history["db"].status, history["web"].status) == (202, 200)
+    assert json.loads(history["db"].response)["message"] == "Event processed"
+    assert json.loads(history["web"].response)["incident_key"] == "k1"
+    assert history["db"].outcome == DELIVERED
+    text = registry.render()
+    assert 'alert_engine_notifications_sent_total{service="db"} 1' in text
+    assert 'alert_engine_delivery_latency_seconds_count{service="web"} 1' in text
+
+
+async def test_server_errors_are_retried_then_delivered(
+    store, fake_pagerduty, deliverer, registry, notification, caplog
+):
+    caplog.set_level(logging.INFO, logger="alert_engine.deliver")
+    fake_pagerduty.fail_next(2, status=500)
+    n = notification()
+    running = await deliverer()
+    await enqueue(store, running, n)
+    await idle(running)
+    assert [r.status for r in fake_pagerduty.requests] == [500, 500, 202]
+    assert all(r.body == n.body for r in fake_pagerduty.requests)
+    [delivered] = await store.history()
+    assert (delivered.attempts, delivered.status) == (3, 202)
+    retried = registry.counter("alert_engine_notifications_retried_total", "", ["service"])
+    assert retried.get(service="db") == 2
+    records = [r for r in caplog.records if r.name == "alert_engine.deliver"]
+    assert [r.levelname for r in records] == ["WARNING", "WARNING", "INFO"]
+    for record in records:
+        assert (record.rule, record.service, record.dedup_key) == ("disk-full", "db", "disk-full/host1")
+        assert n.body["routing_key"] not in record.getMessage()
+
+
+async def test_retry_after_is_honoured(store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.fail_next(1, status=429, retry_after="0.3")
+    running = await deliverer()
+    await enqueue(store, running, notification())
+    await idle(running)
+    first, second = fake_pagerduty.requests
+    assert (first.status, second.status) == (429, 202)
+    assert second.at - first.at >= 0.3  # the backoff alone would be at most 0.05 s
+
+
+async def test_a_timeout_is_retried(store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.fail_next(1, status=202, delay=1.0)  # answers too late
+    running = await deliverer(timeout=0.2)
+    await enqueue(store, running, notification())
+    await idle(running)
+    assert len(fake_pagerduty.requests) == 2
+    [delivered] = await store.history()
+    assert delivered.attempts == 2
+
+
+async def test_a_connection_error_is_retried_until_give_up(store, deliverer, notification):
+    running = await deliverer(base_url="http://127.0.0.1:1", give_up_after=0.2)
+    await enqueue(store, running, notification())
+    await idle(running)
+    [dead] = await store.dead_letters()
+    assert dead.status is None
+    assert dead.reason.startswith("gave up: not delivered within 0.2s")
+    assert "Connect" in dead.response
+    assert dead.attempts >= 2
+
+
+async def test_bad_request_is_dead_lettered_at_once_with_the_response(
+    store, fake_pagerduty, deliverer, registry, notification
+):
+    fake_pagerduty.fail_next(1, status=400)
+    n = notification()
+    hooked = []
+
+    async def on_dead_letter(notification, reason):
+        hooked.append((notification, reason))
+
+    running = await deliverer(on_dead_letter=on_dead_letter)
+    await enqueue(store, running, n)
+    await idle(running)
+    assert hooked == [(n, "PagerDuty rejected it: HTTP 400")]
+    assert len(fake_pagerduty.requests) == 1
+    [dead] = await store.dead_letters()
+    assert (dead.status, dead.attempts, dead.reason) == (400, 1, "PagerDuty rejected it: HTTP 400")
+    assert json.loads(dead.response)["message"] == "Event object is invalid"
+    assert dead.body["routing_key"] == "****0000"
+    assert await store.history() == []
+    dead_lettered = registry.counter("alert_engine_notifications_dead_lettered_total", "", ["service"])
+    assert dead_lettered.get(service="db") == 1
+
+
+async def test_give_up_after_dead_letters_with_the_last_answer(
+    store, fake_pagerduty, deliverer, notification
+):
+    fake_pagerduty.fail_next(1000, status=503)
+    running = await deliverer(give_up_after=0.3, backoff_base=0.1, backoff_cap=10.0, rng=random.Random(1))
+    created = time.monotonic()
+    await enqueue(store, running, notification())
+    await idle(running)
+    [dead] = await store.dead_letters()
+    assert (dead.status, dead.reason) == (503, "gave up: not delivered within 0.3s (last: HTTP 503)")
+    assert dead.attempts == len(fake_pagerduty.requests) >= 3
+    last_try = fake_pagerduty.requests[-1].at - created
+    assert 0.3 <= last_try < 0.3 + 0.15  # the last try is made at the deadline, not a backoff past it
+
+
+async def test_a_resolve_never_overtakes_its_failing_trigger_while_other_keys_proceed(
+    store, fake_pagerduty, deliverer, notification
+):
+    fake_pagerduty.fail_next(3, status=500, delay=0.05, dedup_key="a")
+    running = await deliverer()
+    await enqueue(
+        store,
+        running,
+        notification(dedup_key="a"),
+        notification(dedup_key="a", action="resolve"),
+        notification(dedup_key="b"),
+    )
+    await idle(running)
+    sequence = [(r.body["dedup_key"], r.body["event_action"], r.status) for r in fake_pagerduty.requests]
+    a = [x for x in sequence if x[0] == "a"]
+    assert a == [("a", "trigger", 500)] * 3 + [("a", "trigger", 202), ("a", "resolve", 202)]
+    assert sequence.index(("b", "trigger", 202)) < sequence.index(("a", "trigger", 202))
+
+
+async def test_pacing_spaces_sends_per_key_beyond_the_burst(store, fake_pagerduty, deliverer, notification):
+    running = await deliverer(rate_per_key=240, burst=2)  # 4 per second: a token every 0.25 s
+    await enqueue(store, running, *[notification(dedup_key=f"k{i}") for i in range(3)])
+    await fake_pagerduty.wait_for(2)
+    await enqueue(store, running, notification(service="web"))  # another key: not held back
+    await idle(running)
+    db = [r for r in fake_pagerduty.requests if r.body["routing_key"] == "secret-key-of-db-0000"]
+    web = [r for r in fake_pagerduty.requests if r.body["routing_key"] == "secret-key-of-web-0000"]
+    assert len(db) == 3 and len(web) == 1
+    assert db[1].at - db[0].at < 0.2  # the burst
+    assert db[2].at - db[0].at >= 0.2  # the third waited for a token
+    assert web[0].at < db[2].at
+
+
+async def test_a_backlog_of_triggers_collapses_but_never_across_a_resolve(
+    store, fake_pagerduty, deliverer, registry, notification
+):
+    running = await deliverer(rate_per_key=240, burst=1)
+    chain = [notification(summary=f"t{i}") for i in range(1, 7)]
+    chain += [notification(action="resolve"), notification(summary="t7")]
+    await enqueue(store, running, *chain)
+    await idle(running)
+    sent = [
+        (r.body["event_action"], r.body.get("payload", {}).get("summary"),
+         r.body.get("payload", {}).get("custom_details", {}).get("collapsed_count"))
+        for r in fake_pagerduty.requests
+    ]
+    assert sent == [
+        ("trigger", "t1", None),
+        ("trigger", "t6", 4),  # t2..t5 folded into t6 while waiting for a token
+        ("resolve", None, None),
+        ("trigger", "t7", None),
+    ]
+    collapsed = [h for h in await store.history() if h.outcome == COLLAPSED]
+    assert len(collapsed) == 4
+    counter = registry.counter("alert_engine_notifications_collapsed_total", "", ["service"])
+    assert counter.get(service="db") == 4
+
+
+async def test_concurrency_bounds_requests_in_flight(store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.delay = 0.1
+    running = await deliverer(concurrency=3)
+    await enqueue(store, running, *[notification(dedup_key=f"k{i}") for i in range(10)])
+    await idle(running)
+    assert len(fake_pagerduty.requests) == 10
+    assert fake_pagerduty.max_in_flight == 3
+
+
+async def test_stop_leaves_the_undelivered_in_the_outbox_and_a_restart_sends_them(
+    store, fake_pagerduty, deliverer, notification
+):
+    fake_pagerduty.delay = 5.0
+    running = await deliverer(concurrency=1)
+    await enqueue(store, running, *[notification(dedup_key=f"k{i}") for i in range(3)])
+    await fake_pagerduty.wait_for(1)
+    started = time.monotonic()
+    await running.stop(grace=0.2)
+    assert time.monotonic() - started < 1.0
+    assert (await store.counts()).outbox == 3  # the one in flight too: sent again later (at least once)
+    fake_pagerduty.delay = 0.0
+    again = await deliverer()
+    await idle(again)
+    assert (await store.counts()).outbox == 0
+    assert len({h.dedup_key for h in await store.history()}) == 3
+
+
+async def test_stop_keeps_delivering_within_the_grace(store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.delay = 0.05
+    running = await deliverer(concurrency=2)
+    await enqueue(store, running, *[notification(dedup_key=f"k{i}") for i in range(6)])
+    started = time.monotonic()
+    await running.stop(grace=5.0)
+    assert time.monotonic() - started < 2.0
+    assert (await store.counts()).outbox == 0
+    assert len(fake_pagerduty.requests) == 6
+
+
+async def test_dry_run_writes_masked_json_lines_and_sends_nothing(
+    store, fake_pagerduty, deliverer, notification
+):
+    out = io.StringIO()
+    v2, v1 = notification(service="db"), notification(service="web", api="v1")
+    running = await deliverer(dry_run=out)
+    await enqueue(store, running, v2, v1)
+    await idle(running)
+    assert fake_pagerduty.requests == []
+    assert "secret-key" not in out.getvalue()
+    lines = {line["service"]: line for line in map(json.loads, out.getvalue().splitlines())}
+    assert lines["db"] == {
+        "rule": "disk-full",
+        "service": "db",
+        "api": "v2",
+        "url": fake_pagerduty.url + V2_PATH,
+        "dedup_key": "disk-full/host1",
+        "action": "trigger",
+        "body": {**v2.body, "routing_key": "****0000"},
+    }
+    assert lines["web"]["body"]["service_key"] == "****0000"
+    assert lines["web"]["url"] == fake_pagerduty.url + V1_PATH
+    assert {h.outcome for h in await store.history()} == {DELIVERED_DRY_RUN}
