@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/alert-engine check --allow-missing-secrets rules/
+	$(BIN)/alert-engine run --dry-run --config deploy/dev.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,27 +6,45 @@ Exit status: 0 success, 1 invalid input (rule errors, failed rule tests), 2 usag
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import sys
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
 
-from engine import __version__
+from engine import __version__, daemon
+from engine.config import CONFIG_ENV, DEFAULT_CONFIG, Config, default_config_path, load_config
 from engine.fanout import fan_out
+from engine.logs import configure as configure_logging
+from engine.logs import default_format
 from engine.rules import LoadResult, load_ruleset
 from engine.ruletest import Outcome, run_test_file
 from engine.sources.events import EventError, parse_events
 
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
+DEFAULT_API = "http://127.0.0.1:9595"
 
 EPILOG = """\
 commands:
-  check   validate rule files: every error as FILE:LINE:COL: rule 'NAME': message
-  eval    print, as JSON lines, the notifications that events would cause (offline, keys masked)
-  test    run rule unit tests (rule_files + tests with events and expected notifications)
+  run           run the daemon: HTTP intake, durable outbox, PagerDuty delivery, SIGHUP reload
+  check         validate rule files (or --config and its rules): FILE:LINE:COL: rule 'NAME': message
+  eval          print, as JSON lines, the notifications that events would cause (offline, keys masked)
+  test          run rule unit tests (rule_files + tests with events and expected notifications)
+  history       what was paged, and when (from the running daemon)
+  dead-letters  list, retry or purge notifications that could not be delivered
+  send-test     page one service through the running daemon, to prove its key works
 
-exit status: 0 ok, 1 invalid rules / failed tests / bad events, 2 usage error
+the commands that talk to a running daemon use --api (default $ALERT_ENGINE_API or
+http://127.0.0.1:9595) and --token (default $ALERT_ENGINE_TOKEN) when ingest tokens are set.
+
+exit status: 0 ok, 1 invalid rules / failed tests / bad events / API error, 2 usage error or
+daemon not started (invalid config or rules)
 """
 
 
@@ -40,10 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"alert-engine {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = sub.add_parser("check", help="validate rule files and directories",
-                           description="Validate rule files (directories are searched for *.yaml, *.yml). "
-                           "Prints 'ok: N rules, M services in K files' or every error with its location.")
-    check.add_argument("paths", nargs="+", metavar="PATH", help="rule file or directory")
+    run = sub.add_parser("run", help="run the daemon",
+                         description="Run the daemon: POST /v1/events, match, page every listed PagerDuty "
+                         "service through the durable outbox. SIGHUP reloads the rules; SIGTERM drains "
+                         "and exits. Invalid config or rules: every error printed, exit 2.")
+    run.add_argument("--config", default=None, metavar="FILE",
+                     help=f"engine.yaml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    run.add_argument("--dry-run", action="store_true",
+                     help="the same pipeline, but deliveries are written to stdout as JSON lines (keys "
+                     "masked) instead of sent; missing key variables are warnings")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate rule files and directories, or a config and its rules",
+                           description="Validate rule files (directories are searched for *.yaml, *.yml), or "
+                           "with --config the daemon's configuration and the rules it names. Prints "
+                           "'ok: N rules, M services in K files' or every error with its location.")
+    check.add_argument("paths", nargs="*", metavar="PATH", help="rule file or directory")
+    check.add_argument("--config", metavar="FILE", help="check this engine.yaml and its rules too")
     check.add_argument("--allow-missing-secrets", action="store_true",
                        help="report a missing key variable or key file as a warning (for CI without secrets)")
     check.set_defaults(func=cmd_check)
@@ -65,6 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
                           "({rule, service} plus any of dedup_key, severity, summary).")
     test.add_argument("files", nargs="+", metavar="TESTFILE", help="test file (YAML)")
     test.set_defaults(func=cmd_test)
+
+    api = argparse.ArgumentParser(add_help=False)
+    api.add_argument("--api", default=os.environ.get("ALERT_ENGINE_API", DEFAULT_API),
+                     help="the daemon's HTTP API (default: $ALERT_ENGINE_API or %(default)s)")
+    api.add_argument("--token", default=os.environ.get("ALERT_ENGINE_TOKEN"),
+                     help="bearer token, when the daemon has ingest tokens (default: $ALERT_ENGINE_TOKEN)")
+
+    hist = sub.add_parser("history", parents=[api], help="what was paged, and when",
+                          description="The notification log of the running daemon, newest first: time, "
+                          "outcome, rule, service, action, dedup key, attempts, PagerDuty's status.")
+    hist.add_argument("--rule", help="only this rule")
+    hist.add_argument("--service", help="only this service")
+    hist.add_argument("--since", help="ISO 8601 time, epoch seconds, or a duration back from now (1h, 2d)")
+    hist.add_argument("--limit", type=int, default=100, help="at most this many rows (default: %(default)s)")
+    hist.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+    hist.set_defaults(func=cmd_history)
+
+    dead = sub.add_parser("dead-letters", parents=[api], help="list, retry or purge dead letters",
+                          description="Notifications PagerDuty rejected (4xx) or that were not delivered "
+                          "within give_up_after. 'retry ID' puts one back in the outbox; 'purge [ID...]' "
+                          "deletes the given ones, or all.")
+    dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", type=int, metavar="ID")
+    dead.add_argument("--json", action="store_true", help="list: print the rows as JSON lines")
+    dead.set_defaults(func=cmd_dead_letters)
+
+    st = sub.add_parser("send-test", parents=[api], help="page one service to prove its key works",
+                        description="Through the running daemon, send a test trigger to SERVICE and, after "
+                        "--resolve-after, its resolve. Check PagerDuty for the incident.")
+    st.add_argument("service", metavar="SERVICE")
+    st.add_argument("--resolve-after", default="30s",
+                    help="resolve the test incident after this long; 0 leaves it open (default: %(default)s)")
+    st.set_defaults(func=cmd_send_test)
     return parser
 
 
@@ -78,7 +142,29 @@ def _print_problems(result: LoadResult) -> None:
         print(problem, file=sys.stderr)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args.config or default_config_path())
+    if config is None:
+        return 2
+    redactor = configure_logging(config.log_format or default_format(), config.log_level)
+    return asyncio.run(daemon.run(config, redactor=redactor, dry_run=args.dry_run))
+
+
+def _config(file: str) -> Config | None:
+    loaded = load_config(file)
+    if isinstance(loaded, Config):
+        return loaded
+    for err in loaded:
+        print(err, file=sys.stderr)
+    return None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
+    if args.config:
+        return _check_config(args)
+    if not args.paths:
+        print("alert-engine check: give rule paths, or --config FILE", file=sys.stderr)
+        return 2
     result = load_ruleset(args.paths, allow_missing_secrets=args.allow_missing_secrets)
     _print_problems(result)
     if result.ruleset is None:
@@ -86,6 +172,23 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 1
     rs = result.ruleset
     print(f"ok: {len(rs.rules)} rules, {len(rs.services)} services in {len(result.files)} files")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    if config is None:
+        return 1
+    if args.paths:
+        config = replace(config, rules=tuple(args.paths))
+    result, _, errors = daemon.load_rules(config, dry_run=args.allow_missing_secrets)
+    for message in (*errors, *map(str, result.warnings)):
+        print(message, file=sys.stderr)
+    if errors or result.ruleset is None:
+        print(f"invalid: {len(errors)} error(s)", file=sys.stderr)
+        return 1
+    rs = result.ruleset
+    print(f"ok: {args.config}; {len(rs.rules)} rules, {len(rs.services)} services in {len(result.files)} files")
     return 0
 
 
@@ -109,7 +212,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     base = args.url.rstrip("/")
     for i, event in enumerate(events):
-        for n in fan_out(result.ruleset, event, now):
+        for n in fan_out(result.ruleset, result.ruleset.match(event), now):
             line = {"event": i, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
                     "body": n.masked_body()}
             print(json.dumps(line, ensure_ascii=False))
@@ -137,6 +240,93 @@ def cmd_test(args: argparse.Namespace) -> int:
                 failed += 1
     print(f"{passed} passed, {failed} failed")
     return 1 if failed else 0
+
+
+def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> dict | None:
+    """Call the daemon's API; print the error and return None when it fails."""
+    url = args.api.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    if args.token:
+        request.add_header("Authorization", f"Bearer {args.token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        print(f"alert-engine: {method} {url}: HTTP {exc.code}: {message}", file=sys.stderr)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"alert-engine: cannot reach the daemon at {args.api}: {reason}", file=sys.stderr)
+    return None
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    query = {k: v for k, v in (("rule", args.rule), ("service", args.service), ("since", args.since),
+                               ("limit", str(args.limit))) if v}
+    answer = _api(args, "GET", "/v1/notifications?" + urllib.parse.urlencode(query))
+    if answer is None:
+        return 1
+    rows = answer["notifications"]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    for r in rows:
+        status = r["status"] if r["status"] is not None else "-"
+        print(f"{r['sent']}  {r['outcome']:<17} {r['action']:<8} {r['service']:<16} {r['rule']:<24} "
+              f"{r['dedup_key']}  attempts={r['attempts']} status={status}")
+    if not rows:
+        print("no notifications", file=sys.stderr)
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        answer = _api(args, "GET", "/v1/dead-letters")
+        if answer is None:
+            return 1
+        for r in answer["dead_letters"]:
+            if args.json:
+                print(json.dumps(r, ensure_ascii=False))
+            else:
+                print(f"{r['id']:>6}  {r['failed']}  {r['service']:<16} {r['rule']:<24} {r['dedup_key']}  "
+                      f"attempts={r['attempts']}  {r['reason']}")
+        return 0
+    if args.action == "retry":
+        if not args.ids:
+            print("alert-engine dead-letters retry: give the ID(s) to retry", file=sys.stderr)
+            return 2
+        failed = 0
+        for ident in args.ids:
+            answer = _api(args, "POST", f"/v1/dead-letters/{ident}/retry")
+            if answer is None:
+                failed += 1
+            else:
+                print(f"dead letter {ident} is back in the outbox as notification {answer['notification_id']}")
+        return 1 if failed else 0
+    if args.ids:
+        purged = [ident for ident in args.ids if _api(args, "DELETE", f"/v1/dead-letters/{ident}") is not None]
+        print(f"purged {len(purged)} dead letter(s)")
+        return 0 if len(purged) == len(args.ids) else 1
+    answer = _api(args, "DELETE", "/v1/dead-letters")
+    if answer is None:
+        return 1
+    print(f"purged {answer['purged']} dead letter(s)")
+    return 0
+
+
+def cmd_send_test(args: argparse.Namespace) -> int:
+    answer = _api(args, "POST", "/v1/test", {"service": args.service, "resolve_after": args.resolve_after})
+    if answer is None:
+        return 1
+    after = answer["resolve_after"]
+    then = f"; its resolve follows in {after:g}s" if after else ""
+    print(f"test trigger queued for service {answer['service']} (dedup key {answer['dedup_key']}){then}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from engine.render import Notification, render
-from engine.rules.ruleset import RuleSet
+from engine.rules.ruleset import Match, RuleSet
 
 
-def fan_out(ruleset: RuleSet, event: Mapping[str, Any], now: datetime) -> list[Notification]:
-    """The notifications one event causes, in rule-file order, then in each rule's service order."""
+def fan_out(ruleset: RuleSet, matches: Sequence[Match], now: datetime) -> list[Notification]:
+    """The notifications the matches cause, in rule-file order, then in each rule's service order."""
     services = ruleset.services
-    return [render(m, services[name], now) for m in ruleset.match(event) for name in m.rule.services]
+    return [render(m, services[name], now) for m in matches for name in m.rule.services]

@@ -57,7 +57,8 @@ def run_test_file(file: str, now: datetime) -> list[Outcome] | list[RuleError]:
         return list(loaded.errors)
     outcomes = []
     for test in doc.data["tests"]:
-        sent = [n for event in test["events"] for n in fan_out(loaded.ruleset, event, now)]
+        rs = loaded.ruleset
+        sent = [n for event in test["events"] for n in fan_out(rs, rs.match(event), now)]
         missing, unexpected = compare(test["expect"], sent)
         outcomes.append(Outcome(file, test["name"], tuple(missing), tuple(unexpected)))
     return outcomes

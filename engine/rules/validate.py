@@ -22,6 +22,7 @@ from engine.rules.errors import Path, Problem
 
 CONDITION_KINDS = ("all", "any", "not", "macro", "field")
 OPERATORS = ("equals", "in", "regex", "contains", "prefix", "suffix", "exists", "gt", "gte", "lt", "lte")
+NAME_PATTERN = "^[A-Za-z0-9_.:-]{1,128}$"
 _BRANCH_OF_KIND = {kind: i for i, kind in enumerate(CONDITION_KINDS)}  # order of $defs/condition oneOf
 
 
@@ -105,8 +106,11 @@ def _translate(error: ValidationError) -> Iterator[tuple[Path, str]]:
     elif kind == "enum":
         choices = ", ".join(str(c) for c in error.validator_value)
         yield path, f"{_name(path)} must be one of {choices}, not {instance!r}"
-    elif kind == "pattern":
+    elif kind == "pattern" and schema.get("pattern") == NAME_PATTERN:
         yield path, f"invalid name {instance!r}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
+    elif kind == "pattern":
+        hint = f": {schema['description']}" if "description" in schema else ""
+        yield path, f"{_name(path)} is not valid: {instance!r}{hint}"
     elif kind in ("minItems", "minLength"):
         yield path, f"{_name(path)} must not be empty"
     elif kind == "uniqueItems":
@@ -136,8 +140,14 @@ def _translate_one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path
         yield path, "a field is a dotted path string or a list of path segments"
     elif path and path[-1] == "in":
         yield path, "'in' takes a non-empty list of values or {list: NAME}"
+    elif "description" in schema:
+        yield path, f"{_name(path)} is not valid: {instance!r}; {_lower_first(schema['description'])}"
     else:
         yield path, error.message
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _explain_condition(error: ValidationError, path: Path) -> Iterator[tuple[Path, str]]:

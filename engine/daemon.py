@@ -1,0 +1,426 @@
+"""The daemon's lifecycle: start, serve, reload on SIGHUP, drain on SIGTERM, and tell systemd each step.
+
+Start: load the config and the rules (every error printed, exit 2 when invalid), open the outbox, resume
+delivery of whatever is pending, serve, then `READY=1`. A reload (SIGHUP, `POST /-/reload`, or a changed
+rules file with `reload_on_change`) loads and validates the new rule set in full on a worker thread and
+swaps one reference; requests in flight finish on the set they started with, and a broken rule set
+leaves the old one serving. SIGTERM / SIGINT: refuse new events (503), finish requests in flight, keep
+delivering for up to `shutdown_grace`, leave the rest in the outbox, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from aiohttp import web
+
+from engine.config import Config, read_tokens
+from engine.deliver import Deliverer
+from engine.intake import Accepted, Intake
+from engine.logs import Redactor
+from engine.metrics import Registry
+from engine.render import Notification, render, render_resolve
+from engine.rules import LoadResult, load_ruleset
+from engine.rules.conditions import NEVER
+from engine.rules.ruleset import Match, Rule, RuleSet
+from engine.sdnotify import Notifier
+from engine.server import make_app
+from engine.store.sqlite import SQLiteStore
+from engine.templates import Template
+
+log = logging.getLogger("alert_engine.daemon")
+
+SELF_RULE = "alert-engine:self"
+TEST_RULE = "alert-engine:send-test"
+RELOAD_FAILED_KEY = "alert-engine/reload-failed"
+HISTORY_PRUNE_INTERVAL = 3600.0
+
+
+@dataclass(frozen=True)
+class ReloadResult:
+    ok: bool
+    at: float
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    sha256: str | None = None
+    rules: int = 0
+
+    def view(self) -> dict[str, Any]:
+        return {"ok": self.ok, "at": _iso(self.at), "errors": list(self.errors), "warnings": list(self.warnings),
+                "sha256": self.sha256, "rules": self.rules}
+
+
+class StartupError(Exception):
+    """The daemon cannot start: the messages say why (every rule error, for a broken rule set)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def load_rules(config: Config, *, dry_run: bool) -> tuple[LoadResult, frozenset[str] | None, list[str]]:
+    """The one validation path of start-up, reload and `check --config`: rules, tokens, self-alert services.
+
+    Returns the rule load, the ingest tokens (None when not configured), and every error as text.
+    """
+    result = load_ruleset(list(config.rules), allow_missing_secrets=dry_run)
+    errors = [str(e) for e in result.errors]
+    tokens: frozenset[str] | None = None
+    if config.ingest.tokens_file:
+        read = read_tokens(config.ingest.tokens_file)
+        if isinstance(read, frozenset):
+            tokens = read
+        else:
+            errors.append(f"{read.file}: {read.message}")
+    if result.ruleset is not None:
+        for name in config.self_alert_services:
+            if name not in result.ruleset.services:
+                errors.append(f"{config.file}: self_alerts: unknown service {name!r} (not in any rule file)")
+    return result, tokens, errors
+
+
+class Daemon:
+    """One running engine: the current rule set, the outbox, delivery, and the HTTP API."""
+
+    def __init__(self, config: Config, *, redactor: Redactor, dry_run: bool = False,
+                 out: TextIO = sys.stdout) -> None:
+        self.config = config
+        self.dry_run = dry_run
+        self.redactor = redactor
+        self.out = out
+        self.metrics = Registry()
+        self.notifier = Notifier.from_env()
+        self.stopping = False
+        self.tokens: frozenset[str] = frozenset()
+        self.ruleset: RuleSet
+        self.loaded_at = 0.0
+        self.last_reload: ReloadResult
+        self.store: SQLiteStore
+        self.deliverer: Deliverer
+        self.intake: Intake
+        self._stop = asyncio.Event()
+        self._in_flight = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._reload_lock = asyncio.Lock()
+        self._reloads_requested = 0
+        self._reloads_covered = 0
+        self._reload_alert_open = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        m = self.metrics
+        self._reload_success = m.gauge("alert_engine_reload_success", "1 if the last reload succeeded, else 0.")
+        self._reload_time = m.gauge("alert_engine_reload_timestamp_seconds", "When the last reload finished.")
+        self._reloads = m.counter("alert_engine_reloads_total", "Reloads, by result.", ["result"])
+        self._rules_loaded = m.gauge("alert_engine_rules_loaded", "Rules in the rule set serving now.")
+        self._rule_files = m.gauge("alert_engine_rule_file_info", "Loaded rule files and their sha256.",
+                                   ["file", "sha256"])
+        self._outbox = m.gauge("alert_engine_outbox_depth", "Notifications waiting in the outbox.")
+        self._dead = m.gauge("alert_engine_dead_letters", "Dead letters kept in the database.")
+
+    # -- start and stop -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load everything, resume delivery, serve; raises StartupError when the rules are invalid."""
+        result, tokens, errors = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
+        if errors or result.ruleset is None:
+            raise StartupError(errors)
+        for warning in result.warnings:
+            log.warning("%s", warning)
+        self._swap(result.ruleset, tokens, time.time())
+        self.last_reload = ReloadResult(True, time.time(), warnings=tuple(map(str, result.warnings)),
+                                        sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
+        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        self.store = await SQLiteStore.open(self.config.database)
+        pd = self.config.pagerduty
+        self.deliverer = Deliverer(
+            self.store, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
+            give_up_after=pd.give_up_after, rate_per_key=pd.rate_per_key, burst=pd.burst,
+            metrics=self.metrics, dry_run=self.out if self.dry_run else None,
+            on_dead_letter=self._dead_lettered,
+        )
+        self.intake = Intake(self.store, self.deliverer.notify, self.metrics)
+        await self.deliverer.start()
+        counts = await self.store.counts()
+        if counts.outbox:
+            log.info("resuming delivery of %d pending notification(s)", counts.outbox)
+        self._runner = web.AppRunner(make_app(self, self.config.ingest.max_body), access_log=None,
+                                     handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+        if self.config.self_alert_services:
+            await self._resolve_self_alert(RELOAD_FAILED_KEY)  # a restart with good rules ends that alert
+        self._tasks.append(asyncio.create_task(self._prune_history(), name="prune-history"))
+        if self.notifier.watchdog_interval:
+            self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
+        if self.config.reload_on_change:
+            self._tasks.append(asyncio.create_task(self._watch_rules(), name="watch-rules"))
+        log.info("serving on %s:%d with %d rules%s", self.config.host, self.config.port,
+                 len(self.ruleset.rules), " (dry run: nothing is sent)" if self.dry_run else "")
+        self.notifier.ready()
+        self.notifier.status(f"serving {len(self.ruleset.rules)} rules")
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+
+    async def wait_stopped(self) -> None:
+        await self._stop.wait()
+
+    async def shutdown(self) -> None:
+        """Refuse new events, finish requests in flight, deliver for up to the grace, keep the rest."""
+        self.stopping = True
+        self.notifier.stopping()
+        grace = self.config.shutdown_grace
+        log.info("stopping: delivering for up to %gs, the rest stays in the outbox", grace)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self._drained.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.deliverer.stop(grace)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        counts = await self.store.counts()
+        await self.store.close()
+        log.info("stopped; %d notification(s) left in the outbox for the next start", counts.outbox)
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tracking_request(self) -> Iterator[None]:
+        """Count an intake request in flight, so that shutdown can wait for it."""
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+
+    async def accept(self, events: list[dict[str, Any]]) -> Accepted:
+        return await self.intake.accept(self.ruleset, events, time.time())
+
+    # -- reload ---------------------------------------------------------------------------------------
+
+    async def reload(self) -> ReloadResult:
+        """Load and validate the rules in full; swap them in, or keep the old set. Storms coalesce:
+        a request made while a load runs is answered by the next load, which starts after it."""
+        self._reloads_requested += 1
+        wanted = self._reloads_requested
+        async with self._reload_lock:
+            if self._reloads_covered >= wanted:
+                return self.last_reload
+            self._reloads_covered = self._reloads_requested
+            self.notifier.reloading()
+            try:
+                return await self._reload()
+            finally:
+                self.notifier.ready()
+
+    async def _reload(self) -> ReloadResult:
+        started = time.monotonic()
+        result, tokens, errors = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
+        now = time.time()
+        if errors or result.ruleset is None:
+            for message in errors:
+                log.error("reload failed: %s", message)
+            self.last_reload = ReloadResult(False, now, tuple(errors), tuple(map(str, result.warnings)),
+                                            self.last_reload.sha256, len(self.ruleset.rules))
+            self._reload_success.set(0)
+            self._reloads.inc(result="failure")
+            self._reload_time.set(now)
+            await self._raise_self_alert(RELOAD_FAILED_KEY, f"alert-engine: rule reload failed with "
+                                         f"{len(errors)} error(s); the previous rules keep serving",
+                                         {"errors": errors[:50]})
+            self._reload_alert_open = True
+            return self.last_reload
+        self._swap(result.ruleset, tokens, now)
+        self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
+                                        sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
+        self._reloads.inc(result="success")
+        log.info("reloaded %d rules in %.3fs (sha256 %s)", len(result.ruleset.rules),
+                 time.monotonic() - started, result.ruleset.sha256[:12])
+        if self._reload_alert_open:
+            await self._resolve_self_alert(RELOAD_FAILED_KEY)
+            self._reload_alert_open = False
+        return self.last_reload
+
+    def _swap(self, ruleset: RuleSet, tokens: frozenset[str] | None, now: float) -> None:
+        old = getattr(self, "ruleset", None)
+        self.redactor.set_secrets(s.key for s in ruleset.services.values() if s.key)
+        self.ruleset = ruleset  # the one reference every new request reads
+        self.loaded_at = now
+        self.tokens = tokens or frozenset()
+        self._reload_success.set(1)
+        self._reload_time.set(now)
+        self._rules_loaded.set(len(ruleset.rules))
+        self._rule_files.clear()
+        for file, sha in ruleset.files.items():
+            self._rule_files.set(1, file=file, sha256=sha)
+        if old is not None:
+            gone = sorted({r.name for r in old.rules} - {r.name for r in ruleset.rules})
+            if gone:
+                log.info("rules removed by this reload: %s", ", ".join(gone))
+
+    async def _watch_rules(self) -> None:
+        from watchfiles import awatch
+
+        async for changes in awatch(*self.config.rules, debounce=500, recursive=True):
+            log.info("rules changed (%d file event(s)); reloading", len(changes))
+            await self.reload()
+
+    # -- self-alerts and test pages -------------------------------------------------------------------
+
+    async def _raise_self_alert(self, dedup_key: str, summary: str, details: dict[str, Any]) -> None:
+        services = [self.ruleset.services[s] for s in self.config.self_alert_services]
+        if not services:
+            return
+        rule = _synthetic_rule(SELF_RULE, summary, dedup_key, "critical", services)
+        now = time.time()
+        event = {"source": "alert-engine", "host": os.uname().nodename, **details}
+        moment = datetime.fromtimestamp(now, UTC)
+        await self.intake.enqueue([render(Match(rule, event), s, moment) for s in services], now)
+
+    async def _resolve_self_alert(self, dedup_key: str) -> None:
+        services = [self.ruleset.services[s] for s in self.config.self_alert_services]
+        await self.intake.enqueue([render_resolve(SELF_RULE, s, dedup_key) for s in services], time.time())
+
+    async def _dead_lettered(self, notification: Notification, reason: str) -> None:
+        if notification.rule in (SELF_RULE, TEST_RULE) or not self.config.self_alert_services:
+            return  # never page about a page about ourselves: that could loop
+        await self._raise_self_alert(
+            f"alert-engine/dead-letter/{notification.service}",
+            f"alert-engine: a page for service {notification.service} (rule {notification.rule}) was "
+            f"dead-lettered: {reason}",
+            {"rule": notification.rule, "service": notification.service, "dedup_key": notification.dedup_key,
+             "reason": reason, "see": "alert-engine dead-letters list"},
+        )
+
+    async def send_test(self, service_name: str, resolve_after: float) -> str:
+        """A test trigger to one service, and its resolve `resolve_after` seconds later (0: none)."""
+        service = self.ruleset.services[service_name]
+        now = time.time()
+        dedup_key = f"alert-engine/send-test/{service_name}/{int(now)}"
+        summary = f"alert-engine test page for service {service_name}: the key works"
+        rule = _synthetic_rule(TEST_RULE, summary, dedup_key, "info", [service])
+        event = {"source": "alert-engine send-test", "host": os.uname().nodename}
+        trigger = render(Match(rule, event), service, datetime.fromtimestamp(now, UTC))
+        await self.intake.enqueue([trigger], now)
+        if resolve_after > 0:
+            # due later, behind its trigger in the same chain: durable across restarts like any page
+            await self.intake.enqueue([render_resolve(TEST_RULE, service, dedup_key)], now + resolve_after)
+        return dedup_key
+
+    async def retry_dead_letter(self, ident: int) -> int | None:
+        new_id = await self.store.retry_dead_letter(ident, now=time.time())
+        if new_id is not None:
+            self.deliverer.notify()
+        return new_id
+
+    # -- views for the API ----------------------------------------------------------------------------
+
+    async def readiness_problems(self) -> list[str]:
+        problems = []
+        if self.stopping:
+            problems.append("shutting down")
+        try:
+            await self.store.counts()
+        except Exception as exc:
+            problems.append(f"database not readable: {exc}")
+        if not os.access(self.config.state_dir, os.W_OK):
+            problems.append(f"state_dir {self.config.state_dir} is not writable")
+        return problems
+
+    async def metrics_text(self) -> str:
+        counts = await self.store.counts()
+        self._outbox.set(counts.outbox)
+        self._dead.set(counts.dead_letters)
+        return self.metrics.render()
+
+    def rules_view(self) -> dict[str, Any]:
+        rs = self.ruleset
+        return {
+            "sha256": rs.sha256,
+            "loaded_at": _iso(self.loaded_at),
+            "files": dict(rs.files),
+            "services": [{"name": s.name, "api": s.api, "key": s.masked_key, "severity": s.severity,
+                          "file": s.file, "line": s.line} for s in rs.services.values()],
+            "rules": [{"name": r.name, "description": r.description, "enabled": r.enabled,
+                       "services": list(r.services), "file": r.file, "line": r.line} for r in rs.rules],
+        }
+
+    async def status_view(self) -> dict[str, Any]:
+        counts = await self.store.counts()
+        return {
+            "outbox": counts.outbox,
+            "oldest_pending": _iso(counts.oldest_created) if counts.oldest_created else None,
+            "dead_letters": counts.dead_letters,
+            "history": counts.history,
+            "rules": len(self.ruleset.rules),
+            "services": len(self.ruleset.services),
+            "last_reload": self.last_reload.view(),
+            "dry_run": self.dry_run,
+            "stopping": self.stopping,
+        }
+
+    # -- timed housekeeping ---------------------------------------------------------------------------
+
+    async def _prune_history(self) -> None:
+        while True:
+            try:
+                gone = await self.store.prune_history(now=time.time(), retention=self.config.history_retention)
+                if gone:
+                    log.info("pruned %d history row(s) older than %gs", gone, self.config.history_retention)
+            except Exception:
+                log.exception("pruning history failed; trying again later")
+            await asyncio.sleep(HISTORY_PRUNE_INTERVAL)
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval
+        assert interval
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+
+def _synthetic_rule(name: str, summary: str, dedup_key: str, severity: str, services: list[Any]) -> Rule:
+    """A rule for pages the engine makes itself (self-alerts, test pages): constant templates only."""
+    return Rule(name=name, order=-1, condition=NEVER, services=tuple(s.name for s in services),
+                severity=Template(severity), summary=Template(summary), dedup_key=Template(dedup_key))
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> int:
+    """Run until SIGTERM / SIGINT; the process exit status."""
+    daemon = Daemon(config, redactor=redactor, dry_run=dry_run)
+    daemon.install_signal_handlers()
+    try:
+        await daemon.start()
+    except StartupError as exc:
+        for message in exc.messages:
+            print(message, file=sys.stderr)
+        print(f"alert-engine: not started: {len(exc.messages)} error(s)", file=sys.stderr)
+        return 2
+    await daemon.wait_stopped()
+    await daemon.shutdown()
+    return 0
+

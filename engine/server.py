@@ -1,0 +1,223 @@
+"""The HTTP API (aiohttp): routes only. Each handler parses the request, calls the daemon, answers JSON.
+
+Every error is JSON, `{"error": "..."}`; nothing a client sends produces a 500. When ingest tokens are
+configured, every POST and DELETE needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from engine.sources.events import EventError, parse_events
+from engine.units import parse_duration
+
+if TYPE_CHECKING:
+    from engine.daemon import Daemon
+
+log = logging.getLogger("alert_engine.server")
+
+JSON_TYPES = ("application/json",)
+NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error(status: int, message: str, **more: Any) -> web.Response:
+    return web.json_response({"error": message, **more}, status=status)
+
+
+def make_app(daemon: Daemon, max_body: int) -> web.Application:
+    app = web.Application(client_max_size=max_body, middlewares=[_errors_as_json, _auth])
+    app[DAEMON] = daemon
+    app.add_routes([
+        web.post("/v1/events", post_events),
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/v1/rules", rules),
+        web.get("/v1/status", status),
+        web.get("/v1/notifications", notifications),
+        web.get("/v1/dead-letters", dead_letters),
+        web.post("/v1/dead-letters/{id}/retry", retry_dead_letter),
+        web.delete("/v1/dead-letters/{id}", purge_dead_letter),
+        web.delete("/v1/dead-letters", purge_dead_letters),
+        web.post("/v1/test", send_test),
+        web.post("/-/reload", reload),
+    ])
+    return app
+
+
+@web.middleware
+async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error(413, f"body larger than the limit of {exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.status, exc.reason)
+    except Exception:
+        log.exception("internal error on %s %s", request.method, request.path)
+        return error(500, "internal error; see the daemon's log")
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app[DAEMON].tokens
+    if tokens and request.method in ("POST", "DELETE", "PUT", "PATCH"):
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not _token_ok(given.strip(), tokens):
+            return error(401, "missing or invalid bearer token", )
+    return await handler(request)
+
+
+def _token_ok(given: str, tokens: frozenset[str]) -> bool:
+    """Compare against every token in constant time each, without stopping at the first match."""
+    ok = False
+    for token in tokens:
+        ok |= hmac.compare_digest(given.encode(), token.encode())
+    return ok
+
+
+async def post_events(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    if daemon.stopping:
+        return error(503, "shutting down; send to another instance or retry")
+    ctype = request.content_type
+    if ctype not in JSON_TYPES + NDJSON_TYPES:
+        return error(415, f"unsupported content type {ctype!r}: use application/json or application/x-ndjson")
+    if request.content_length is not None and request.content_length > request.app._client_max_size:
+        return error(413, f"body larger than the limit of {request.app._client_max_size} bytes")
+    with daemon.tracking_request():
+        body = await request.read()
+        try:
+            events = parse_events(body, ndjson=ctype in NDJSON_TYPES)
+        except EventError as exc:
+            return error(400, exc.message, **({"index": exc.index} if exc.index is not None else {}))
+        accepted = await daemon.accept(events)
+    return web.json_response({"accepted": accepted.accepted, "matched": accepted.matched,
+                              "notifications": accepted.notifications}, status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    problems = await request.app[DAEMON].readiness_problems()
+    if problems:
+        return web.json_response({"status": "not ready", "problems": problems}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = await request.app[DAEMON].metrics_text()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+async def rules(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DAEMON].rules_view())
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[DAEMON].status_view())
+
+
+async def notifications(request: web.Request) -> web.Response:
+    q = request.query
+    try:
+        since = parse_since(q["since"], time.time()) if "since" in q else None
+        limit = int(q.get("limit", "100"))
+    except ValueError as exc:
+        return error(400, str(exc))
+    rows = await request.app[DAEMON].store.history(rule=q.get("rule"), service=q.get("service"), since=since,
+                                                   limit=max(1, min(limit, 10_000)))
+    return web.json_response({"notifications": [_row(r, "created", "sent") for r in rows]})
+
+
+async def dead_letters(request: web.Request) -> web.Response:
+    rows = await request.app[DAEMON].store.dead_letters()
+    return web.json_response({"dead_letters": [_row(r, "created", "failed") for r in rows]})
+
+
+async def retry_dead_letter(request: web.Request) -> web.Response:
+    ident = _id(request)
+    new_id = await request.app[DAEMON].retry_dead_letter(ident)
+    if new_id is None:
+        return error(404, f"no dead letter {ident}")
+    return web.json_response({"retried": ident, "notification_id": new_id})
+
+
+async def purge_dead_letter(request: web.Request) -> web.Response:
+    ident = _id(request)
+    if not await request.app[DAEMON].store.purge_dead_letters([ident]):
+        return error(404, f"no dead letter {ident}")
+    return web.json_response({"purged": 1})
+
+
+async def purge_dead_letters(request: web.Request) -> web.Response:
+    return web.json_response({"purged": await request.app[DAEMON].store.purge_dead_letters()})
+
+
+async def send_test(request: web.Request) -> web.Response:
+    daemon = request.app[DAEMON]
+    try:
+        body = await request.json()
+        service = body["service"]
+        resolve_after = parse_duration(body.get("resolve_after", 0))
+        if not isinstance(service, str):
+            raise ValueError("'service' must be a string")
+    except (ValueError, KeyError, TypeError) as exc:
+        return error(400, f'expected {{"service": NAME, "resolve_after": "30s"}}: {exc}')
+    if service not in daemon.ruleset.services:
+        return error(404, f"unknown service {service!r}", services=sorted(daemon.ruleset.services))
+    dedup_key = await daemon.send_test(service, resolve_after)
+    return web.json_response({"service": service, "dedup_key": dedup_key, "resolve_after": resolve_after},
+                             status=202)
+
+
+async def reload(request: web.Request) -> web.Response:
+    result = await request.app[DAEMON].reload()
+    return web.json_response(result.view(), status=200 if result.ok else 422)
+
+
+def parse_since(text: str, now: float) -> float:
+    """`since`: seconds since the epoch, an ISO 8601 time, or a duration back from now (`1h`)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+    except ValueError:
+        pass
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        raise ValueError(f"invalid 'since' {text!r}: use an ISO 8601 time, epoch seconds, or a duration "
+                         "like 1h") from None
+
+
+def _id(request: web.Request) -> int:
+    try:
+        return int(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPBadRequest(reason="the id must be a number") from None
+
+
+def _row(row: Any, *times: str) -> dict[str, Any]:
+    out = dict(vars(row))
+    for name in times:
+        out[name] = datetime.fromtimestamp(out[name], UTC).isoformat().replace("+00:00", "Z")
+    return out
