@@ -18,6 +18,8 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
 
+import yaml
+
 from engine import __version__, daemon
 from engine.config import CONFIG_ENV, DEFAULT_CONFIG, Config, default_config_path, load_config
 from engine.fanout import fan_out
@@ -25,6 +27,7 @@ from engine.logs import configure as configure_logging
 from engine.logs import default_format
 from engine.rules import LoadResult, load_ruleset
 from engine.ruletest import Outcome, run_test_file
+from engine.sentry_import import PluginConfigError, import_plugin
 from engine.sources.events import EventError, parse_events
 
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
@@ -38,7 +41,9 @@ commands:
   test          run rule unit tests (rule_files + tests with events and expected notifications)
   history       what was paged, and when (from the running daemon)
   dead-letters  list, retry or purge notifications that could not be delivered
+  silence       add, list or expire silences (Alertmanager-style) in the running daemon
   send-test     page one service through the running daemon, to prove its key works
+  import        turn a Sentry PagerDuty plugin configuration into a rule file (import sentry-plugin)
 
 the commands that talk to a running daemon use --api (default $ALERT_ENGINE_API or
 http://127.0.0.1:9595) and --token (default $ALERT_ENGINE_TOKEN) when ingest tokens are set.
@@ -122,6 +127,23 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--json", action="store_true", help="list: print the rows as JSON lines")
     dead.set_defaults(func=cmd_dead_letters)
 
+    sil = sub.add_parser("silence", help="add, list or expire silences",
+                         description="Silences hold pages like Alertmanager's: matches a silence covers are "
+                         "counted, not paged, until it ends. The condition is in the rule language and sees "
+                         "{rule, dedup_key, event}: e.g. --match '{field: rule, equals: disk-full}' or "
+                         "--match '{field: event.host, prefix: db-}'.")
+    sil_sub = sil.add_subparsers(dest="silence_action", required=True, metavar="ACTION")
+    sil_add = sil_sub.add_parser("add", parents=[api], help="add a silence")
+    sil_add.add_argument("--match", required=True, help="the condition, as YAML or JSON")
+    sil_add.add_argument("--until", required=True, help="an ISO 8601 time with a zone, or a duration (2h)")
+    sil_add.add_argument("--comment", default="", help="why (shown in list)")
+    sil_add.add_argument("--created-by", default=os.environ.get("USER", ""), help="who (default: $USER)")
+    sil_list = sil_sub.add_parser("list", parents=[api], help="list silences (expired ones for a week)")
+    sil_list.add_argument("--json", action="store_true", help="print the silences as JSON lines")
+    sil_exp = sil_sub.add_parser("expire", parents=[api], help="end silences now")
+    sil_exp.add_argument("ids", nargs="+", type=int, metavar="ID")
+    sil.set_defaults(func=cmd_silence)
+
     st = sub.add_parser("send-test", parents=[api], help="page one service to prove its key works",
                         description="Through the running daemon, send a test trigger to SERVICE and, after "
                         "--resolve-after, its resolve. Check PagerDuty for the incident.")
@@ -129,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--resolve-after", default="30s",
                     help="resolve the test incident after this long; 0 leaves it open (default: %(default)s)")
     st.set_defaults(func=cmd_send_test)
+
+    imp = sub.add_parser("import", help="turn another tool's alerting configuration into a rule file",
+                         description="Turn another tool's alerting configuration into an equivalent rule file.")
+    kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    plugin = kinds.add_parser("sentry-plugin", help="a Sentry PagerDuty plugin configuration",
+                              description="Print (on stdout) a rule file that pages like the Sentry PagerDuty "
+                              "plugin of one project: the first tag route that matches, else the main service "
+                              "key. Keys become ${SENTRY_PD_..._KEY} variables, listed with their values on "
+                              "stderr and never written into the file. See docs/sentry.md.")
+    plugin.add_argument("--project", required=True, metavar="SLUG", help="the Sentry project's slug")
+    plugin.add_argument("--service-key", required=True, metavar="KEY", help="the plugin's Service Key")
+    plugin.add_argument("--routes", metavar="FILE", help="the plugin's Tag routing lines, 'tag,value,service "
+                        "key' each ('#' comments and blank lines skipped); '-' reads stdin")
+    plugin.set_defaults(func=cmd_import_sentry_plugin)
     return parser
 
 
@@ -319,6 +355,40 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_silence(args: argparse.Namespace) -> int:
+    if args.silence_action == "add":
+        try:
+            match = yaml.safe_load(args.match)
+        except yaml.YAMLError as exc:
+            print(f"alert-engine silence add: --match is not YAML/JSON: {exc}", file=sys.stderr)
+            return 2
+        body = {"match": match, "until": args.until, "comment": args.comment, "created_by": args.created_by}
+        answer = _api(args, "POST", "/v1/silences", body)
+        if answer is None:
+            return 1
+        print(f"silence {answer['id']} added, until {answer['until']}")
+        return 0
+    if args.silence_action == "list":
+        answer = _api(args, "GET", "/v1/silences")
+        if answer is None:
+            return 1
+        for s in answer["silences"]:
+            if args.json:
+                print(json.dumps(s, ensure_ascii=False))
+            else:
+                state = "active " if s["active"] else "expired"
+                print(f"{s['id']:>5}  {state}  until {s['until']}  covered={s['covered']}  "
+                      f"{json.dumps(s['match'])}  {s['created_by']}: {s['comment']}")
+        return 0
+    failed = 0
+    for ident in args.ids:
+        if _api(args, "DELETE", f"/v1/silences/{ident}") is None:
+            failed += 1
+        else:
+            print(f"silence {ident} expired")
+    return 1 if failed else 0
+
+
 def cmd_send_test(args: argparse.Namespace) -> int:
     answer = _api(args, "POST", "/v1/test", {"service": args.service, "resolve_after": args.resolve_after})
     if answer is None:
@@ -326,6 +396,29 @@ def cmd_send_test(args: argparse.Namespace) -> int:
     after = answer["resolve_after"]
     then = f"; its resolve follows in {after:g}s" if after else ""
     print(f"test trigger queued for service {answer['service']} (dedup key {answer['dedup_key']}){then}")
+    return 0
+
+
+def cmd_import_sentry_plugin(args: argparse.Namespace) -> int:
+    routes = None
+    if args.routes:
+        try:
+            routes = sys.stdin.read() if args.routes == "-" else FsPath(args.routes).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{args.routes}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 1
+    try:
+        text, keys = import_plugin(args.project, args.service_key, routes)
+    except PluginConfigError as exc:
+        routes_file = "<stdin>" if args.routes == "-" else args.routes
+        where = f"{routes_file}:{exc.line}" if exc.line is not None else "alert-engine import sentry-plugin"
+        print(f"{where}: {exc.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    print("# the rule file reads these variables; set them where the daemon runs, never in the file:",
+          file=sys.stderr)
+    for variable, key in keys.items():
+        print(f"{variable}={key}", file=sys.stderr)
     return 0
 
 

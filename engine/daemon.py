@@ -23,8 +23,10 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine.config import Config, read_tokens
+from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake
 from engine.logs import Redactor
@@ -35,6 +37,8 @@ from engine.rules.conditions import NEVER
 from engine.rules.ruleset import Match, Rule, RuleSet
 from engine.sdnotify import Notifier
 from engine.server import make_app
+from engine.silences import parse_silence, restore_silence
+from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
 from engine.templates import Template
 
@@ -44,6 +48,7 @@ SELF_RULE = "alert-engine:self"
 TEST_RULE = "alert-engine:send-test"
 RELOAD_FAILED_KEY = "alert-engine/reload-failed"
 HISTORY_PRUNE_INTERVAL = 3600.0
+TICK_INTERVAL = 1.0  # timed work (resolve-after, absent, mute ends) fires within this of its due time
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,10 @@ class Daemon:
         self._reloads_requested = 0
         self._reloads_covered = 0
         self._reload_alert_open = False
+        self._last_silence = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
         m = self.metrics
         self._reload_success = m.gauge("alert_engine_reload_success", "1 if the last reload succeeded, else 0.")
         self._reload_time = m.gauge("alert_engine_reload_timestamp_seconds", "When the last reload finished.")
@@ -149,7 +156,7 @@ class Daemon:
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
             on_dead_letter=self._dead_lettered,
         )
-        self.intake = Intake(self.store, self.deliverer.notify, self.metrics)
+        self.intake = Intake(self.store, await self._load_state(), self.deliverer.notify, self.metrics)
         await self.deliverer.start()
         counts = await self.store.counts()
         if counts.outbox:
@@ -161,7 +168,11 @@ class Daemon:
         await site.start()
         if self.config.self_alert_services:
             await self._resolve_self_alert(RELOAD_FAILED_KEY)  # a restart with good rules ends that alert
-        self._tasks.append(asyncio.create_task(self._prune_history(), name="prune-history"))
+        self.scheduler.add_job(self._tick, "interval", seconds=TICK_INTERVAL, id="tick", max_instances=1,
+                               coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self._prune_history, "interval", seconds=HISTORY_PRUNE_INTERVAL, id="prune",
+                               next_run_time=datetime.now(UTC), max_instances=1, coalesce=True)
+        self.scheduler.start()
         if self.notifier.watchdog_interval:
             self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if self.config.reload_on_change:
@@ -189,6 +200,7 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self._drained.wait()
+        self.scheduler.shutdown(wait=False)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -251,6 +263,7 @@ class Daemon:
             self._reload_alert_open = True
             return self.last_reload
         self._swap(result.ruleset, tokens, now)
+        await self.intake.enqueue([], now, self.intake.state.changes())  # the state of removed rules goes
         self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         self._reloads.inc(result="success")
@@ -277,6 +290,7 @@ class Daemon:
             gone = sorted({r.name for r in old.rules} - {r.name for r in ruleset.rules})
             if gone:
                 log.info("rules removed by this reload: %s", ", ".join(gone))
+                self._report_dropped(self.intake.state.retain({r.name for r in ruleset.rules}))
 
     async def _watch_rules(self) -> None:
         from watchfiles import awatch
@@ -381,15 +395,68 @@ class Daemon:
 
     # -- timed housekeeping ---------------------------------------------------------------------------
 
-    async def _prune_history(self) -> None:
-        while True:
+    async def _load_state(self) -> State:
+        """The alert state and silences the last run left, with absent clocks restarted now."""
+        groups, silences = await self.store.load_state()
+        state = State(started=time.time())
+        state.restore(groups)
+        for ident, text in silences:
             try:
-                gone = await self.store.prune_history(now=time.time(), retention=self.config.history_retention)
-                if gone:
-                    log.info("pruned %d history row(s) older than %gs", gone, self.config.history_retention)
-            except Exception:
-                log.exception("pruning history failed; trying again later")
-            await asyncio.sleep(HISTORY_PRUNE_INTERVAL)
+                silence = restore_silence(text)
+            except ValueError as exc:
+                log.error("stored silence %d cannot be compiled and is ignored: %s", ident, exc)
+                continue
+            state.silences[silence.id] = silence
+        dropped = state.retain({r.name for r in self.ruleset.rules})
+        self._report_dropped(dropped)
+        open_alerts = sum(g.open for by_key in state.groups.values() for g in by_key.values())
+        if groups:
+            log.info("restored state: %d alert group(s), %d open; %d silence(s)", len(groups), open_alerts,
+                     len(state.silences))
+        return state
+
+    def _report_dropped(self, dropped: list[Any]) -> None:
+        for g in dropped:
+            log.warning("rule %s is gone: its open alert is left behind without a resolve", g.rule,
+                        extra={"rule": g.rule, "dedup_key": g.key, "services": g.services})
+
+    async def _tick(self) -> None:
+        """Timed work on the current rule set: resolves after silence, absences, mute ends, expiries."""
+        now = time.time()
+        state = self.intake.state
+        notifications = tick(self.ruleset, state, now)
+        await self.intake.enqueue(notifications, now, state.changes())
+
+    async def _prune_history(self) -> None:
+        gone = await self.store.prune_history(now=time.time(), retention=self.config.history_retention)
+        if gone:
+            log.info("pruned %d history row(s) older than %gs", gone, self.config.history_retention)
+
+    # -- silences -------------------------------------------------------------------------------------
+
+    async def add_silence(self, body: Any) -> Silence:
+        """A new silence from an API body (raises SilenceError); stored before it is answered."""
+        state = self.intake.state
+        now = time.time()
+        silence = parse_silence(body, ident=max(state.silences, default=self._last_silence) + 1, now=now)
+        self._last_silence = silence.id
+        state.touch_silence(silence)
+        await self.intake.enqueue([], now, state.changes())
+        log.info("silence %d added until %s by %r: %s", silence.id, _iso(silence.until), silence.created_by,
+                 silence.comment)
+        return silence
+
+    async def expire_silence(self, ident: int) -> Silence | None:
+        state = self.intake.state
+        silence = state.silences.get(ident)
+        if silence is None:
+            return None
+        now = time.time()
+        silence.until = min(silence.until, now)
+        state.touch_silence(silence)
+        await self.intake.enqueue([], now, state.changes())
+        log.info("silence %d expired", ident)
+        return silence
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval

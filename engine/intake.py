@@ -1,20 +1,22 @@
-"""Events -> matches -> notifications -> the outbox, acknowledged only once durable.
+"""Events -> matches -> decisions -> the outbox, acknowledged only once durable.
 
 The request is all or nothing: every notification of every event in it goes to the outbox in one
-`enqueue` (one transaction, shared with concurrent requests by the store's group commit).
+`enqueue`, together with the state changes that decided them (one transaction, shared with concurrent
+requests by the store's group commit). Deciding and taking the state changes happen with no await in
+between, so one request's changes never travel with another's notifications.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from engine.fanout import fan_out
+from engine.decide import decide
 from engine.metrics import Registry
 from engine.render import Notification
 from engine.rules.ruleset import RuleSet
+from engine.state import State, StateChanges
 from engine.store import Store
 
 
@@ -28,8 +30,9 @@ class Accepted:
 class Intake:
     """Turns accepted events into committed notifications and wakes delivery."""
 
-    def __init__(self, store: Store, wake: Callable[[], None], metrics: Registry) -> None:
+    def __init__(self, store: Store, state: State, wake: Callable[[], None], metrics: Registry) -> None:
         self._store = store
+        self.state = state
         self._wake = wake
         self._received = metrics.counter("alert_engine_events_received_total", "Events accepted by the API.")
         self._matched = metrics.counter("alert_engine_events_matched_total",
@@ -37,32 +40,27 @@ class Intake:
         self._enqueued = metrics.counter("alert_engine_notifications_enqueued_total",
                                          "Notifications committed to the outbox.", ["service"])
 
-    def notifications(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float
-                      ) -> tuple[int, list[Notification]]:
-        """(events matched, notifications) for a batch, on one rule set. Pure: no I/O."""
-        moment = datetime.fromtimestamp(now, UTC)
+    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float) -> Accepted:
+        """Match and decide every event on `ruleset`, commit the notifications, then wake delivery."""
         matched = 0
-        out: list[Notification] = []
+        notifications: list[Notification] = []
         for event in events:
             matches = ruleset.match(event)
-            if matches:
-                matched += 1
-                out.extend(fan_out(ruleset, matches, moment))
-        return matched, out
-
-    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float) -> Accepted:
-        """Match and render every event on `ruleset`, commit every notification, then wake delivery."""
-        matched, notifications = self.notifications(ruleset, events, now)
-        await self.enqueue(notifications, now)
+            matched += bool(matches)
+            notifications += decide(ruleset, self.state, event, now, matches)
+        await self.enqueue(notifications, now, self.state.changes())
         self._received.inc(len(events))
         self._matched.inc(matched)
         return Accepted(len(events), matched, len(notifications))
 
-    async def enqueue(self, notifications: Sequence[Notification], now: float) -> None:
-        """Commit notifications (any source: events, self-alerts, test pages) and wake delivery."""
-        if not notifications:
+    async def enqueue(self, notifications: Sequence[Notification], now: float,
+                      changes: StateChanges | None = None) -> None:
+        """Commit notifications (from events, timed work, self-alerts, test pages) with the state
+        changes behind them, and wake delivery."""
+        if not notifications and not changes:
             return
-        await self._store.enqueue(notifications, now=now)
+        await self._store.enqueue(notifications, now=now, state=changes)
         for n in notifications:
             self._enqueued.inc(service=n.service)
-        self._wake()
+        if notifications:
+            self._wake()

@@ -3,10 +3,15 @@
 Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
 - severity: the rule's template (stripped, lower-cased, one of critical|error|warning|info), else the
   service's default severity, else `error`. A value outside that set is a template error; an empty one
-  means "unset".
+  means "unset". `auto` maps the event's `level` (fatal -> critical, error, warning, info and debug ->
+  info); another level falls back like an unset severity.
 - summary / v1 description: the rule's template, else `<rule name>: <event.message | event.title |
   "event matched">`; truncated to 1,024 characters ending with `…`.
 - source: the rule's template, else `event.host` (a non-empty string or a number), else `alert-engine`.
+- Sentry events (`source: sentry`, engine/sources/sentry.py): the summary defaults to the event's title
+  and the dedup key to `sentry-issue-<issue_id>` (metric alerts: `sentry-metric-<incident_id>`), before
+  the defaults below; the issue's (or incident's) URL becomes v2 `client_url` and a link "View in Sentry"
+  after the rule's links (v1: a link context).
 - dedup key: the rule's template, else the rule name and the `group_by` values joined by `/` (a
   non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
   empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
@@ -30,6 +35,7 @@ the details are not trimmed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -40,6 +46,7 @@ from typing import Any
 
 from engine.rules.conditions import field_values
 from engine.rules.ruleset import SEVERITIES, Image, Link, Match, Rule, Service, mask_key
+from engine.sources import sentry
 from engine.templates import Template, TemplateRenderError, context, iso_utc
 
 CLIENT = "alert-engine"
@@ -90,6 +97,9 @@ def render(match: Match, service: Service, now: dt.datetime) -> Notification:
     summary = _truncate(rendering.summary(), SUMMARY_LIMIT)
     dedup_key = limit_dedup_key(rendering.dedup_key())
     links, images = rendering.links(), rendering.images()
+    sentry_url = sentry.issue_link(match.event)
+    if sentry_url and all(link["href"] != sentry_url for link in links):
+        links.append({"href": sentry_url, "text": sentry.LINK_TEXT})
     if service.api == "v2":
         payload = rendering.v2_payload(summary, service)
         payload["custom_details"] = rendering.details()  # last: it reports every failure before it
@@ -104,6 +114,8 @@ def render(match: Match, service: Service, now: dt.datetime) -> Notification:
         if images:
             body["images"] = images
         body["client"] = CLIENT
+        if sentry_url:
+            body["client_url"] = sentry_url
         _fit_body(body, payload, "custom_details")
     elif service.api == "v1":
         body = {
@@ -157,16 +169,20 @@ class _Rendering:
             return ""
 
     def summary(self) -> str:
-        return self.text(self.rule.summary, "summary") or default_summary(self.rule, self.event)
+        return (self.text(self.rule.summary, "summary") or sentry.default_summary(self.event)
+                or default_summary(self.rule, self.event))
 
     def dedup_key(self) -> str:
-        return self.text(self.rule.dedup_key, "dedup_key") or default_dedup_key(self.rule, self.event)
+        return (self.text(self.rule.dedup_key, "dedup_key") or sentry.default_dedup_key(self.event)
+                or default_dedup_key(self.rule, self.event))
 
     def severity(self, service: Service) -> str:
         fallback = service.severity or DEFAULT_SEVERITY
         rendered = self.text(self.rule.severity, "severity").strip().lower()
         if not rendered:
             return fallback
+        if rendered == sentry.AUTO_SEVERITY:
+            return sentry.auto_severity(self.event.get("level")) or fallback
         if rendered not in SEVERITIES:
             self.errors["severity"] = f"rendered {rendered!r}, not one of {', '.join(SEVERITIES)}"
             return fallback
@@ -313,3 +329,34 @@ def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> None:
         if cost <= room:
             trimmed[name] = details[name]
             room -= cost
+
+
+def alert_key(rule: Rule, event: Mapping[str, Any], now: dt.datetime) -> str:
+    """The dedup key a trigger of `rule` for `event` carries: the identity of the alert."""
+    return limit_dedup_key(_Rendering(rule, event, now).dedup_key())
+
+
+def with_details(api: str, body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a trigger body whose details (v2 `payload.custom_details`, v1 `details`) also hold
+    `extra`; details that are not a mapping are wrapped as `{"details": value, **extra}`."""
+    body = dict(body)
+    if api == "v2":
+        payload = dict(body.get("payload") or {})
+        payload["custom_details"] = _merged(payload.get("custom_details"), extra)
+        body["payload"] = payload
+    else:
+        body["details"] = _merged(body.get("details"), extra)
+    return body
+
+
+def add_details(notification: Notification, extra: Mapping[str, Any]) -> Notification:
+    """The notification with `extra` added to its details (see `with_details`)."""
+    return dataclasses.replace(notification, body=with_details(notification.api, notification.body, extra))
+
+
+def _merged(details: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    if details is None:
+        return dict(extra)
+    if isinstance(details, dict):
+        return {**details, **extra}
+    return {"details": details, **extra}

@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.silences import SilenceError
 from engine.sources.events import EventError, parse_events
+from engine.state import Silence
 from engine.units import parse_duration
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ log = logging.getLogger("alert_engine.server")
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -36,6 +39,7 @@ def error(status: int, message: str, **more: Any) -> web.Response:
 def make_app(daemon: Daemon, max_body: int) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[_errors_as_json, _auth])
     app[DAEMON] = daemon
+    app[MAX_BODY] = max_body
     app.add_routes([
         web.post("/v1/events", post_events),
         web.get("/healthz", healthz),
@@ -49,6 +53,9 @@ def make_app(daemon: Daemon, max_body: int) -> web.Application:
         web.delete("/v1/dead-letters/{id}", purge_dead_letter),
         web.delete("/v1/dead-letters", purge_dead_letters),
         web.post("/v1/test", send_test),
+        web.post("/v1/silences", add_silence),
+        web.get("/v1/silences", list_silences),
+        web.delete("/v1/silences/{id}", expire_silence),
         web.post("/-/reload", reload),
     ])
     return app
@@ -95,8 +102,9 @@ async def post_events(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype not in JSON_TYPES + NDJSON_TYPES:
         return error(415, f"unsupported content type {ctype!r}: use application/json or application/x-ndjson")
-    if request.content_length is not None and request.content_length > request.app._client_max_size:
-        return error(413, f"body larger than the limit of {request.app._client_max_size} bytes")
+    limit = request.app[MAX_BODY]
+    if request.content_length is not None and request.content_length > limit:
+        return error(413, f"body larger than the limit of {limit} bytes")
     with daemon.tracking_request():
         body = await request.read()
         try:
@@ -184,6 +192,40 @@ async def send_test(request: web.Request) -> web.Response:
     dedup_key = await daemon.send_test(service, resolve_after)
     return web.json_response({"service": service, "dedup_key": dedup_key, "resolve_after": resolve_after},
                              status=202)
+
+
+async def add_silence(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return error(400, "the body must be JSON: {match, until, comment, created_by}")
+    try:
+        silence = await request.app[DAEMON].add_silence(body)
+    except SilenceError as exc:
+        return error(400, str(exc))
+    return web.json_response(_silence(silence), status=201)
+
+
+async def list_silences(request: web.Request) -> web.Response:
+    now = time.time()
+    silences = sorted(request.app[DAEMON].intake.state.silences.values(), key=lambda s: s.id)
+    return web.json_response({"silences": [_silence(s, now) for s in silences]})
+
+
+async def expire_silence(request: web.Request) -> web.Response:
+    ident = _id(request)
+    silence = await request.app[DAEMON].expire_silence(ident)
+    if silence is None:
+        return error(404, f"no silence {ident}")
+    return web.json_response(_silence(silence))
+
+
+def _silence(silence: Silence, now: float | None = None) -> dict[str, Any]:
+    view = silence.view()
+    view["active"] = silence.active(time.time() if now is None else now)
+    for name in ("until", "created"):
+        view[name] = datetime.fromtimestamp(view[name], UTC).isoformat().replace("+00:00", "Z")
+    return view
 
 
 async def reload(request: web.Request) -> web.Response:

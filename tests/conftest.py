@@ -108,6 +108,12 @@ class FakePagerDuty:
             await asyncio.wait_for(self._changed.wait_for(lambda: len(self.requests) >= n), timeout)
         return list(self.requests)
 
+    async def wait_until(self, predicate: Callable[[list[Received]], bool], timeout: float = 5.0) -> list[Received]:
+        """Wait until `predicate(requests so far)` holds; all requests so far."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: predicate(self.requests)), timeout)
+        return list(self.requests)
+
     def bodies(self) -> list[Any]:
         return [r.body for r in self.requests]
 

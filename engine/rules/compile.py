@@ -17,8 +17,10 @@ from engine.rules.conditions import Definitions, compile_condition, parse_field
 from engine.rules.errors import Path, Problem
 from engine.rules.index import CandidateIndex
 from engine.rules.load import Document
+from engine.rules.policy import STATELESS, compile_policy
 from engine.rules.ruleset import SEVERITIES, Image, Link, Rule, RuleSet, Service
 from engine.rules.validate import did_you_mean
+from engine.sources.sentry import AUTO_SEVERITY
 from engine.templates import Template, compile_template_at, compile_tree
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -90,10 +92,16 @@ class _Compiler:
                 templates[key] = compile_template_at(raw[key], file=file, path=(*path, key),
                                                      problems=problems, rule=name)
         severity = templates.get("severity")
-        if severity is not None and severity.is_constant and severity.source not in SEVERITIES:
+        if severity is not None and severity.is_constant and severity.source not in (*SEVERITIES, AUTO_SEVERITY):
             problems.append(Problem(file, (*path, "severity"), f"severity must be one of {', '.join(SEVERITIES)}"
-                                    f" or a template, not {severity.source!r}", name))
+                                    f" or a template, not {severity.source!r} (or {AUTO_SEVERITY}: from the "
+                                    "event's level)", name))
         details = raw.get("details")
+        resolve_match = None
+        if "match" in raw.get("resolve", {}):
+            resolve_match = compile_condition(raw["resolve"]["match"], file=file, path=(*path, "resolve", "match"),
+                                              definitions=definitions, problems=problems, rule=name)
+        policy = compile_policy(raw, file=file, path=path, rule=name, problems=problems, resolve_match=resolve_match)
         return Rule(
             name=name,
             order=order,
@@ -115,6 +123,7 @@ class _Compiler:
                                                               problems=problems, rule=name),
             links=tuple(self.links(raw.get("links", ()), file, (*path, "links"), name)),
             images=tuple(self.images(raw.get("images", ()), file, (*path, "images"), name)),
+            policy=STATELESS if policy == STATELESS else policy,
             file=file,
             line=line,
         )
@@ -169,6 +178,25 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
             rules.append(rule)
             used.update(rule.services)
     definitions.check_all(c.problems)
+    by_name = {r.name: r for r in rules}
+    inhibit_fields: dict[str, dict[str, Any]] = {}
+    for rule in rules:
+        inhibit = rule.policy.inhibit
+        if inhibit is None:
+            continue
+        for i, by in enumerate(inhibit.by):
+            if by not in by_name:
+                c.problems.append(Problem(rule.file, _rule_path(by_file[rule.file], rule.name, "inhibit", "by", i),
+                                          f"unknown rule '{by}'{did_you_mean(by, by_name)}", rule.name))
+                continue
+            fields = inhibit_fields.setdefault(by, {})
+            for path in inhibit.equal:
+                fields[".".join(map(str, path))] = path
+            policy = by_name[by].policy
+            if not (policy.resolve_after or policy.resolve_match or policy.absent):
+                c.problems.append(Problem(rule.file, _rule_path(by_file[rule.file], rule.name, "inhibit", "by", i),
+                                          f"rule '{by}' has no resolve: once it fires it inhibits this rule until "
+                                          "a Sentry resolve or a restart", rule.name, warning=True))
     for name, service in services.items():
         if name not in used:
             c.problems.append(Problem(service.file, ("services", name),
@@ -176,4 +204,15 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
     if any(not p.warning for p in c.problems):
         return None, c.problems
     index = CandidateIndex([r.condition if r.enabled else None for r in rules])
-    return RuleSet(tuple(rules), services, {d.file: d.sha256 for d in docs}, index), c.problems
+    resolve_index = CandidateIndex([r.policy.resolve_match if r.enabled else None for r in rules])
+    inhibit = {name: tuple(fields.items()) for name, fields in inhibit_fields.items()}
+    return RuleSet(tuple(rules), services, {d.file: d.sha256 for d in docs}, index, resolve_index, by_name,
+                   inhibit), c.problems
+
+
+def _rule_path(doc: Document, name: str, *rest: str | int) -> Path:
+    """The path of a key inside the rule called `name` in this document."""
+    for i, raw in enumerate(doc.data.get("rules", [])):
+        if raw.get("name") == name:
+            return ("rules", i, *rest)
+    return ()

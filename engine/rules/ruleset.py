@@ -9,6 +9,7 @@ from typing import Any
 
 from engine.rules.conditions import Condition
 from engine.rules.index import CandidateIndex
+from engine.rules.policy import STATELESS, Policy
 from engine.templates import Template, TemplateTree
 
 SEVERITIES = ("critical", "error", "warning", "info")
@@ -70,6 +71,7 @@ class Rule:
     details: TemplateTree | None = None
     links: tuple[Link, ...] = ()
     images: tuple[Image, ...] = ()
+    policy: Policy = STATELESS  # thresholds, throttles, resolves, mute windows… (engine.decide)
     file: str = ""
     line: int = 0
 
@@ -90,6 +92,9 @@ class RuleSet:
     services: Mapping[str, Service]
     files: Mapping[str, str]  # path -> sha256 of its content
     index: CandidateIndex
+    resolve_index: CandidateIndex  # over the rules' `resolve.match` conditions
+    by_name: Mapping[str, Rule]
+    inhibit_fields: Mapping[str, tuple[tuple[str, Any], ...]]  # rule -> (name, path) its inhibitors compare
 
     @property
     def sha256(self) -> str:
@@ -103,3 +108,15 @@ class RuleSet:
         """Every enabled rule whose condition holds for the event, in rule-file order."""
         rules = self.rules
         return [Match(rules[i], event) for i in self.index.candidates(event) if rules[i].condition(event)]
+
+    def resolvers(self, event: Mapping[str, Any]) -> list[int]:
+        """The enabled rules whose `resolve.match` holds for the event, in rule-file order."""
+        rules = self.rules
+        return [i for i in self.resolve_index.candidates(event) if rules[i].policy.resolve_match(event)]
+
+    def rule(self, name: str) -> Rule | None:
+        return self.by_name.get(name)
+
+    def inhibit_labels(self, name: str) -> tuple[tuple[str, Any], ...]:
+        """The fields whose values an open alert of rule `name` keeps, for rules it inhibits to compare."""
+        return self.inhibit_fields.get(name, ())

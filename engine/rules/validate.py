@@ -40,11 +40,26 @@ def _validator(name: str) -> Draft202012Validator:
 
 def schema_problems(file: str, data: Any, schema: str = "rules") -> list[Problem]:
     """Every schema violation in `data`, as problems located by path, in document order."""
+    return sorted(_problems(_validator(schema), file, data), key=lambda p: [str(x) for x in p.path])
+
+
+@cache
+def _condition_validator() -> Draft202012Validator:
+    schema = load_schema("rules")
+    return Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/condition"})
+
+
+def condition_problems(file: str, data: Any) -> list[Problem]:
+    """Schema violations of one condition on its own (a silence's `match`), located by path."""
+    return _problems(_condition_validator(), file, data)
+
+
+def _problems(validator: Draft202012Validator, file: str, data: Any) -> list[Problem]:
     problems: dict[tuple[Path, str], Problem] = {}
-    for error in _validator(schema).iter_errors(data):
+    for error in validator.iter_errors(data):
         for path, message in _translate(error):
             problems.setdefault((path, message), Problem(file, path, message))
-    return sorted(problems.values(), key=lambda p: [str(x) for x in p.path])
+    return list(problems.values())
 
 
 def did_you_mean(word: str, choices: Any) -> str:

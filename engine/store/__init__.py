@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.render import Notification
+from engine.render import Notification, with_details
+from engine.state import StateChanges
 
 DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0  # seconds
 
@@ -98,8 +99,15 @@ class StoreCounts:
 class Store(Protocol):
     """What delivery, the daemon and the CLI need from storage. Times are seconds since the epoch."""
 
-    async def enqueue(self, notifications: Sequence[Notification], *, now: float) -> list[int]:
-        """Add the notifications (created and due `now`) durably; their ids, in order."""
+    async def enqueue(
+        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
+    ) -> list[int]:
+        """Add the notifications (created and due `now`) durably, in one transaction with the state
+        changes that caused them; their ids, in order."""
+        ...
+
+    async def load_state(self) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+        """The stored alert groups (rule, key, json) and silences (id, json)."""
         ...
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
@@ -173,24 +181,5 @@ class Store(Protocol):
 
 
 def fold_collapsed_count(api: str, body: dict[str, Any], collapsed: int) -> dict[str, Any]:
-    """A copy of a trigger body whose details carry `collapsed_count` (see the module docstring).
-
-    v2 keeps it in `payload.custom_details`, v1 in `details`; details that are not a mapping are
-    wrapped as `{"details": value, "collapsed_count": n}` (as render wraps them for template errors).
-    """
-    body = dict(body)
-    if api == "v2":
-        payload = dict(body.get("payload") or {})
-        payload["custom_details"] = _with_count(payload.get("custom_details"), collapsed)
-        body["payload"] = payload
-    else:
-        body["details"] = _with_count(body.get("details"), collapsed)
-    return body
-
-
-def _with_count(details: Any, collapsed: int) -> dict[str, Any]:
-    if details is None:
-        return {"collapsed_count": collapsed}
-    if isinstance(details, dict):
-        return {**details, "collapsed_count": collapsed}
-    return {"details": details, "collapsed_count": collapsed}
+    """A copy of a trigger body whose details carry `collapsed_count` (see the module docstring)."""
+    return with_details(api, body, {"collapsed_count": collapsed})

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.render import Notification
+from engine.state import StateChanges
 from engine.store import (
     COLLAPSED,
     DEFAULT_HISTORY_RETENTION,
@@ -52,6 +53,10 @@ CREATE TABLE IF NOT EXISTS history (
     created REAL NOT NULL, sent REAL NOT NULL, status INTEGER, response TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS history_sent ON history (sent);
+CREATE TABLE IF NOT EXISTS alert_state (
+    rule TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, key)
+);
+CREATE TABLE IF NOT EXISTS silences (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
@@ -179,15 +184,21 @@ class SQLiteStore:
 
     # -- the outbox ----------------------------------------------------------------------------------
 
-    async def enqueue(self, notifications: Sequence[Notification], *, now: float) -> list[int]:
+    async def enqueue(
+        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
+    ) -> list[int]:
         rows = [
             (n.rule, n.service, n.api, n.action, n.dedup_key, serialise(n.body), now, now)
             for n in notifications
         ]
-        if not rows:
+        if not rows and not state:
             return []
 
         def insert(db: sqlite3.Connection) -> list[int]:
+            if state:
+                _write_state(db, state)
+            if not rows:
+                return []
             before = _sequence(db)
             db.executemany(
                 f"INSERT INTO outbox ({_NOTIFICATION}, created, due) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
@@ -372,6 +383,14 @@ class SQLiteStore:
 
         return await self._write(purge)
 
+    async def load_state(self) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+        def select(db: sqlite3.Connection) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+            groups = db.execute("SELECT rule, key, data FROM alert_state ORDER BY rule, key").fetchall()
+            silences = db.execute("SELECT id, data FROM silences ORDER BY id").fetchall()
+            return groups, silences
+
+        return await self._read(select)
+
     async def counts(self) -> StoreCounts:
         def count(db: sqlite3.Connection) -> StoreCounts:
             outbox, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox").fetchone()
@@ -400,6 +419,13 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.close()
         raise
     return db
+
+
+def _write_state(db: sqlite3.Connection, changes: StateChanges) -> None:
+    db.executemany("INSERT OR REPLACE INTO alert_state (rule, key, data) VALUES (?, ?, ?)", changes.upserts)
+    db.executemany("DELETE FROM alert_state WHERE rule = ? AND key = ?", changes.deletes)
+    db.executemany("INSERT OR REPLACE INTO silences (id, data) VALUES (?, ?)", changes.silences)
+    db.executemany("DELETE FROM silences WHERE id = ?", [(i,) for i in changes.silence_deletes])
 
 
 def _sequence(db: sqlite3.Connection) -> int:

@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,42 @@ import yaml
 from tests.conftest import FakePagerDuty, service_key
 
 ALERT_ENGINE = str(Path(sys.executable).with_name("alert-engine"))
+# what the daemon's rules read their keys from: ${PD_PAY} and so on
+KEY_ENV = {f"PD_{name.upper()}": service_key(name) for name in ("pay", "sre", "ops", "data")}
+# the CLI's own settings, never inherited from whoever runs the tests
+CLI_SETTINGS = ("ALERT_ENGINE_API", "ALERT_ENGINE_TOKEN", "ALERT_ENGINE_CONFIG")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class CliRun:
+    """One finished `alert-engine` command: its arguments, exit status and output."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> CliRun:
+    """Run `alert-engine ARGS` to its end. $ALERT_ENGINE_API, _TOKEN and _CONFIG come only from `env`."""
+    inherited = {k: v for k, v in os.environ.items() if k not in CLI_SETTINGS}
+    proc = await asyncio.create_subprocess_exec(
+        ALERT_ENGINE, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**inherited, **(env or {})})
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"alert-engine {' '.join(args)} did not finish within {timeout:g}s") from None
+    assert proc.returncode is not None
+    return CliRun(args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
 
 class Daemon:
@@ -125,8 +156,21 @@ class Daemon:
             except ValueError:
                 return response.status, text
 
+    async def poll(self, path: str, predicate: Callable[[Any], bool], timeout: float = 10) -> Any:
+        """GET `path` until `predicate(answer)` holds. For what the daemon records after PagerDuty has
+        answered (metrics, history): the fake sees the request first, so there is no earlier event."""
+        async with asyncio.timeout(timeout):
+            while True:
+                _, answer = await self.request("GET", path)
+                if predicate(answer):
+                    return answer
+
     async def post_events(self, events: Any, **kwargs: Any) -> tuple[int, Any]:
         return await self.request("POST", "/v1/events", json=events, **kwargs)
+
+    async def cli(self, command: str, *args: str, env: dict[str, str] | None = None) -> CliRun:
+        """`alert-engine COMMAND --api URL ARGS...` against this daemon."""
+        return await run_cli(command, "--api", self.url, *args, env=env)
 
 
 @pytest.fixture
@@ -152,8 +196,7 @@ async def start_daemon(tmp_path: Path, fake_pagerduty: FakePagerDuty
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value
-        keys = {f"PD_{name.upper()}": service_key(name) for name in ("pay", "sre", "ops", "data")}
-        daemon = Daemon(tmp_path, config, {**keys, **(env or {})}, args)
+        daemon = Daemon(tmp_path, config, {**KEY_ENV, **(env or {})}, args)
         daemons.append(daemon)
         await daemon.start()
         return daemon

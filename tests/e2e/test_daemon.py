@@ -55,8 +55,7 @@ async def test_one_match_fans_out_to_every_service_with_its_own_key_and_api(star
     status, answer = await daemon.post_events([{"service": "payments", "status": 200}])
     assert answer == {"accepted": 1, "matched": 0, "notifications": 0}
     # the notification log says what was paged
-    status, history = await daemon.request("GET", "/v1/notifications?rule=pay-5xx")
-    assert status == 200 and len(history["notifications"]) == 3
+    history = await daemon.poll("/v1/notifications?rule=pay-5xx", lambda h: len(h["notifications"]) == 3)
     assert {h["service"] for h in history["notifications"]} == {"pay", "sre", "ops"}
     assert all(h["outcome"] == "delivered" for h in history["notifications"])
     assert await daemon.stop() == 0
@@ -117,8 +116,7 @@ async def test_api_views_mask_keys_and_metrics_count(start_daemon, fake_pagerdut
     assert len(rules["sha256"]) == 64 and len(rules["files"]) == 1
     status, st = await daemon.request("GET", "/v1/status")
     assert st["last_reload"]["ok"] is True and st["rules"] == 2 and st["dead_letters"] == 0
-    status, text = await daemon.request("GET", "/metrics")
-    assert status == 200
+    text = await daemon.poll("/metrics", lambda t: 'alert_engine_notifications_sent_total{service="sre"} 2' in t)
     assert "alert_engine_events_received_total 2" in text
     assert "alert_engine_events_matched_total 2" in text
     assert 'alert_engine_notifications_enqueued_total{service="sre"} 2' in text
@@ -144,7 +142,7 @@ async def test_pagerduty_errors_are_retried_in_order_and_400_is_a_dead_letter(st
     assert statuses == {"disk/a": [500, 500, 202], "disk/b": [429, 202], "disk/c": [400]}
     b_times = [r.at for r in fake_pagerduty.requests if r.body["dedup_key"] == "disk/b"]
     assert b_times[1] - b_times[0] >= 0.9  # Retry-After: 1 honoured
-    status, dead = await daemon.request("GET", "/v1/dead-letters")
+    dead = await daemon.poll("/v1/dead-letters", lambda d: len(d["dead_letters"]) == 1)
     [letter] = dead["dead_letters"]
     assert letter["dedup_key"] == "disk/c" and letter["status"] == 400
     assert "Event object is invalid" in letter["response"]
@@ -154,8 +152,7 @@ async def test_pagerduty_errors_are_retried_in_order_and_400_is_a_dead_letter(st
     assert status == 200
     await fake_pagerduty.wait_for(7)
     assert fake_pagerduty.requests[-1].status == 202
-    status, dead = await daemon.request("GET", "/v1/dead-letters")
-    assert dead["dead_letters"] == []
+    await daemon.poll("/v1/dead-letters", lambda d: d["dead_letters"] == [])
     await daemon.stop()
 
 
@@ -176,9 +173,8 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_notification(start_da
     assert delivered_before < 200
     fake_pagerduty.delay = 0
     await daemon.start()
-    await fake_pagerduty.wait_for(200, timeout=30)
-    keys = {r.body["dedup_key"] for r in fake_pagerduty.requests}
-    assert keys >= set(acknowledged)  # at-least-once: every acknowledged page arrived
+    # at-least-once: every acknowledged page arrives (the ones in flight at the kill, maybe twice)
+    await fake_pagerduty.wait_until(lambda rs: {r.body["dedup_key"] for r in rs} >= set(acknowledged), timeout=30)
     await daemon.stop()
 
 

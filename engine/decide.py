@@ -1,0 +1,246 @@
+"""Deciding what to page: thresholds, spikes, changes, absence, throttles, mute windows, inhibition,
+silences and resolves. Deterministic and free of I/O: time is the `now` passed in.
+
+`decide(ruleset, state, event, now)` handles one event; `tick(ruleset, state, now)` does the timed work
+(resolve-after, absent checks, the end of mute windows, silence expiry, pruning). Both update `state` in
+place (the caller stores `state.changes()` with the notifications) and return the notifications to send.
+
+A rule with no stateful keys pages on every match and keeps no state at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from engine.render import Notification, add_details, alert_key, render, render_resolve
+from engine.rules.conditions import MISSING, field_values, value_getter
+from engine.rules.policy import STATELESS
+from engine.rules.ruleset import Match, Rule, RuleSet
+from engine.state import Group, State
+
+SPIKE_BUCKETS = 30  # a spike window is counted in this many buckets
+SILENCE_KEPT = 7 * 86400.0  # expired silences stay listed this long
+IDLE_KEPT = 86400.0  # a closed group with nothing to count is forgotten after this long without events
+
+
+def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
+           matches: list[Match] | None = None) -> list[Notification]:
+    """The notifications one event causes, and the state it leaves behind. `matches`: the event's
+    matches on `ruleset` when the caller already has them."""
+    out: list[Notification] = []
+    resolvers = [ruleset.rules[i] for i in ruleset.resolvers(event)]  # a list: rule-file order
+    resolving = {rule.name for rule in resolvers}
+    for rule in resolvers:
+        out += _resolve_match(ruleset, state, rule, event, now)
+    for m in ruleset.match(event) if matches is None else matches:
+        if m.rule.name not in resolving:
+            out += _on_match(ruleset, state, m.rule, event, now)
+    return out
+
+
+def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
+    """Timed work due at `now`: resolves after silence, absent groups, ended mute windows, expiries."""
+    out: list[Notification] = []
+    for name in list(state.groups):
+        rule = ruleset.rule(name)
+        if rule is None:
+            continue
+        policy = rule.policy
+        for g in list(state.groups[name].values()):
+            if g.open and policy.resolve_after and not policy.absent and _quiet(g, now) >= policy.resolve_after:
+                out += _close(ruleset, state, rule, g)
+            elif policy.absent and rule.enabled and not g.open and _quiet(g, now) >= policy.absent:
+                out += _trigger(ruleset, state, rule, g, g.event or {}, now)
+            elif g.held and g.open and rule.enabled and _mute_window(rule, now) is None:
+                g.held = False  # the window is over and the alert still open: page it now
+                out += _trigger(ruleset, state, rule, g, g.event or {}, now)
+            elif not g.open and _idle(rule, g, now):
+                state.drop(g)
+    for silence in list(state.silences.values()):
+        if now >= silence.until + SILENCE_KEPT:
+            state.drop_silence(silence)
+    return out
+
+
+def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notification]:
+    """Resolve every open alert with this dedup key, on every service it paged (Sentry resolves)."""
+    out: list[Notification] = []
+    for name in list(state.groups):
+        g = state.groups[name].get(dedup_key)
+        rule = ruleset.rule(name)
+        if g is not None and g.open and rule is not None:
+            out += _close(ruleset, state, rule, g)
+    return out
+
+
+def _on_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float
+              ) -> list[Notification]:
+    policy = rule.policy
+    key = alert_key(rule, event, _moment(now))
+    if policy is STATELESS and rule.name not in ruleset.inhibit_fields and not _resolved_elsewhere(event):
+        # nothing can resolve or use this alert: page every match and keep no state
+        return [] if _silence(state, rule, event, key, now) else _render(ruleset, rule, event, now, {})
+    g = state.group(rule.name, key)
+    state.touch(g)
+    g.last_seen = now
+    if policy.absent:  # a heartbeat: it can only end an absence
+        g.event = dict(event)
+        return _close(ruleset, state, rule, g) if g.open else []
+    if not _fires(policy, g, event, now):
+        return []
+    g.event = dict(event)
+    return _trigger(ruleset, state, rule, g, event, now)
+
+
+def _resolved_elsewhere(event: Mapping[str, Any]) -> bool:
+    """Events whose source resolves them later (Sentry resolves its issues): their alerts are tracked."""
+    return event.get("source") == "sentry"
+
+
+def _fires(policy: Any, g: Group, event: Mapping[str, Any], now: float) -> bool:
+    if policy.threshold:
+        window = policy.threshold.window
+        g.hits = [t for t in g.hits if t > now - window] + [now]
+        if len(g.hits) < policy.threshold.count:
+            return False
+        g.hits = []  # a trigger resets the count
+        return True
+    if policy.spike:
+        spike = policy.spike
+        width = spike.window / SPIKE_BUCKETS
+        bucket = int(now // width)
+        g.buckets = {b: c for b, c in g.buckets.items() if b > bucket - 2 * SPIKE_BUCKETS}
+        g.buckets[bucket] = g.buckets.get(bucket, 0) + 1
+        current = sum(c for b, c in g.buckets.items() if b > bucket - SPIKE_BUCKETS)
+        previous = sum(c for b, c in g.buckets.items() if b <= bucket - SPIKE_BUCKETS)
+        if current < spike.min_count or current < spike.ratio * previous:
+            return False
+        g.buckets = {}
+        return True
+    if policy.change:
+        values = field_values(event, policy.change)
+        value = values[0] if values else None
+        first = not g.has_value
+        changed = not first and (value != g.value or type(value) is not type(g.value))
+        g.value, g.has_value = value, True
+        return changed
+    return True
+
+
+def _trigger(ruleset: RuleSet, state: State, rule: Rule, g: Group, event: Mapping[str, Any], now: float
+             ) -> list[Notification]:
+    """Page the alert, unless something holds it back; a held trigger is counted, never lost."""
+    state.touch(g)
+    g.labels = {name: _value(event, path) for name, path in ruleset.inhibit_labels(rule.name)}
+    window = _mute_window(rule, now)
+    held = ("silenced" if _silence(state, rule, event, g.key, now) else
+            "muted" if window is not None else
+            "inhibited" if _inhibited(ruleset, state, rule, event) else
+            "throttled" if rule.policy.throttle and g.last_trigger is not None
+            and now - g.last_trigger < rule.policy.throttle else None)
+    if held:
+        g.suppressed += 1
+        g.suppressed_first = g.suppressed_first if g.suppressed_first is not None else now
+        g.suppressed_last = now
+        if held == "muted" and window is not None and window.renotify:
+            g.open = g.held = True  # paged when the window ends, if still open then
+        elif held == "throttled" or rule.policy.absent:
+            g.open = True  # still the same incident; an absence is counted once, not every tick
+        return []
+    extra: dict[str, Any] = {}
+    if g.suppressed:
+        extra = {"suppressed_count": g.suppressed, "suppressed_since": _iso(g.suppressed_first),
+                 "suppressed_until": _iso(g.suppressed_last)}
+    notifications = _render(ruleset, rule, event, now, extra)
+    g.open, g.held = True, False
+    g.services = [n.service for n in notifications]
+    g.last_trigger = now
+    g.suppressed, g.suppressed_first, g.suppressed_last = 0, None, None
+    return notifications
+
+
+def _resolve_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float
+                   ) -> list[Notification]:
+    g = state.groups.get(rule.name, {}).get(alert_key(rule, event, _moment(now)))
+    if g is None or not g.open:
+        return []
+    g.last_seen = now
+    return _close(ruleset, state, rule, g)
+
+
+def _close(ruleset: RuleSet, state: State, rule: Rule, g: Group) -> list[Notification]:
+    """Resolve an open alert on every service its trigger went to (none if its page was held)."""
+    services = [] if g.held else g.services
+    g.open, g.held, g.services = False, False, []
+    g.suppressed, g.suppressed_first, g.suppressed_last = 0, None, None
+    state.touch(g)
+    return [render_resolve(rule.name, ruleset.services[s], g.key) for s in services if s in ruleset.services]
+
+
+def _render(ruleset: RuleSet, rule: Rule, event: Mapping[str, Any], now: float, extra: dict[str, Any]
+            ) -> list[Notification]:
+    moment = _moment(now)
+    match = Match(rule, event)
+    out = [render(match, ruleset.services[s], moment) for s in rule.services]
+    return [add_details(n, extra) for n in out] if extra else out
+
+
+def _silence(state: State, rule: Rule, event: Mapping[str, Any], key: str, now: float) -> bool:
+    """Whether an active silence covers this match; silences see {rule, dedup_key, event}."""
+    if not state.silences:
+        return False
+    subject = {"rule": rule.name, "dedup_key": key, "event": event}
+    for silence in state.silences.values():
+        if silence.active(now) and silence.condition(subject):
+            silence.covered += 1
+            state.touch_silence(silence)
+            return True
+    return False
+
+
+def _inhibited(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any]) -> bool:
+    inhibit = rule.policy.inhibit
+    if inhibit is None:
+        return False
+    wanted = {".".join(map(str, p)): _value(event, p) for p in inhibit.equal}
+    for by in inhibit.by:
+        for g in state.open_groups(by):
+            if not g.held and all(g.labels.get(name) == value for name, value in wanted.items()):
+                return True
+    return False
+
+
+def _mute_window(rule: Rule, now: float) -> Any:
+    for window in rule.policy.mute:
+        if window.active(now) is not None:
+            return window
+    return None
+
+
+def _quiet(g: Group, now: float) -> float:
+    return now - (g.last_seen if g.last_seen is not None else now)
+
+
+def _idle(rule: Rule, g: Group, now: float) -> bool:
+    """A closed group that counts nothing any more (or a heartbeat group of a removed absence)."""
+    policy = rule.policy
+    if policy.absent:
+        return False
+    keep = max(IDLE_KEPT, policy.throttle or 0, policy.threshold.window if policy.threshold else 0,
+               2 * policy.spike.window if policy.spike else 0)
+    return not g.has_value and _quiet(g, now) >= keep
+
+
+def _value(event: Mapping[str, Any], path: Any) -> Any:
+    value = value_getter(path)(event)
+    return None if value is MISSING else value
+
+
+def _moment(now: float) -> datetime:
+    return datetime.fromtimestamp(now, UTC)
+
+
+def _iso(moment: float | None) -> str | None:
+    return None if moment is None else _moment(moment).isoformat(timespec="seconds").replace("+00:00", "Z")
