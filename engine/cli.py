@@ -217,7 +217,8 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     if args.paths:
         config = replace(config, rules=tuple(args.paths))
-    result, _, errors = daemon.load_rules(config, dry_run=args.allow_missing_secrets)
+    loaded = daemon.load_rules(config, dry_run=args.allow_missing_secrets)
+    result, errors = loaded.result, loaded.errors
     for message in (*errors, *map(str, result.warnings)):
         print(message, file=sys.stderr)
     if errors or result.ruleset is None:
@@ -262,10 +263,9 @@ def _looks_like_ndjson(body: bytes) -> bool:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    now = datetime.now(UTC)
     failed = passed = 0
     for file in args.files:
-        results = run_test_file(file, now)
+        results = run_test_file(file)
         for item in results:
             if isinstance(item, Outcome):
                 print(item.report())

@@ -37,6 +37,13 @@ class IngestConfig:
 
 
 @dataclass(frozen=True)
+class SentryConfig:
+    client_secret_file: str
+    max_age: float = 300.0
+    allow_unsigned_legacy: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     rules: tuple[str, ...]
@@ -51,6 +58,7 @@ class Config:
     log_format: str | None = None  # None: json under systemd, text otherwise
     log_level: str = "info"
     self_alert_services: tuple[str, ...] = ()
+    sentry: SentryConfig | None = None
 
     @property
     def database(self) -> str:
@@ -84,6 +92,7 @@ def _build(doc: Document) -> Config:
     pd = data.get("pagerduty", {})
     ingest = data.get("ingest", {})
     log = data.get("log", {})
+    sentry = data.get("sources", {}).get("sentry")
     return Config(
         file=doc.file,
         rules=tuple(path(r) for r in ([rules] if isinstance(rules, str) else rules)),
@@ -108,14 +117,17 @@ def _build(doc: Document) -> Config:
         log_format=log.get("format"),
         log_level=log.get("level", "info"),
         self_alert_services=tuple(data.get("self_alerts", {}).get("services", ())),
+        sentry=SentryConfig(path(sentry["client_secret_file"]), parse_duration(sentry.get("max_age", "5m")),
+                            sentry.get("allow_unsigned_legacy", False)) if sentry else None,
     )
 
 
-def read_tokens(file: str) -> frozenset[str] | Problem:
-    """Ingest tokens: one per line; blank lines and lines starting with `#` are ignored. None is a problem."""
+def read_secrets(file: str, what: str) -> frozenset[str] | Problem:
+    """Secrets (ingest tokens, Sentry client secrets): one per line; blank lines and lines starting with
+    `#` are ignored. A file holding none is a problem."""
     try:
         lines = FsPath(file).read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        return Problem(file, (), f"cannot read tokens file: {getattr(exc, 'strerror', None) or exc}")
-    tokens = frozenset(t for line in lines if (t := line.strip()) and not t.startswith("#"))
-    return tokens or Problem(file, (), "tokens file holds no token")
+        return Problem(file, (), f"cannot read {what} file: {getattr(exc, 'strerror', None) or exc}")
+    secrets = frozenset(t for line in lines if (t := line.strip()) and not t.startswith("#"))
+    return secrets or Problem(file, (), f"{what} file holds none")

@@ -24,8 +24,9 @@ from typing import Any, TextIO
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from watchfiles import awatch
 
-from engine.config import Config, read_tokens
+from engine.config import Config, read_secrets
 from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake
@@ -34,10 +35,13 @@ from engine.metrics import Registry
 from engine.render import Notification, render, render_resolve
 from engine.rules import LoadResult, load_ruleset
 from engine.rules.conditions import NEVER
+from engine.rules.load import fingerprint
 from engine.rules.ruleset import Match, Rule, RuleSet
 from engine.sdnotify import Notifier
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
+from engine.sources.sentry import SentryEvent
+from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
 from engine.templates import Template
@@ -73,25 +77,38 @@ class StartupError(Exception):
         self.messages = messages
 
 
-def load_rules(config: Config, *, dry_run: bool) -> tuple[LoadResult, frozenset[str] | None, list[str]]:
-    """The one validation path of start-up, reload and `check --config`: rules, tokens, self-alert services.
+@dataclass(frozen=True)
+class Loaded:
+    """What start-up and every reload read: the rules, the secrets the API checks, and every error."""
 
-    Returns the rule load, the ingest tokens (None when not configured), and every error as text.
-    """
+    result: LoadResult
+    tokens: frozenset[str]  # ingest tokens; empty: POSTs need none
+    sentry_secrets: frozenset[str]  # empty: the Sentry endpoint is off
+    errors: list[str]
+
+
+def load_rules(config: Config, *, dry_run: bool) -> Loaded:
+    """The one validation path of start-up, reload and `check --config`: rules, ingest tokens, Sentry
+    client secrets, self-alert services."""
     result = load_ruleset(list(config.rules), allow_missing_secrets=dry_run)
     errors = [str(e) for e in result.errors]
-    tokens: frozenset[str] | None = None
-    if config.ingest.tokens_file:
-        read = read_tokens(config.ingest.tokens_file)
+
+    def secrets(file: str | None, what: str) -> frozenset[str]:
+        if not file:
+            return frozenset()
+        read = read_secrets(file, what)
         if isinstance(read, frozenset):
-            tokens = read
-        else:
-            errors.append(f"{read.file}: {read.message}")
+            return read
+        errors.append(f"{read.file}: {read.message}")
+        return frozenset()
+
+    tokens = secrets(config.ingest.tokens_file, "tokens")
+    sentry = secrets(config.sentry.client_secret_file if config.sentry else None, "Sentry client secret")
     if result.ruleset is not None:
         for name in config.self_alert_services:
             if name not in result.ruleset.services:
                 errors.append(f"{config.file}: self_alerts: unknown service {name!r} (not in any rule file)")
-    return result, tokens, errors
+    return Loaded(result, tokens, sentry, errors)
 
 
 class Daemon:
@@ -107,6 +124,8 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.stopping = False
         self.tokens: frozenset[str] = frozenset()
+        self.sentry_secrets: frozenset[str] = frozenset()
+        self.sentry_replays = ReplayGuard(config.sentry.max_age if config.sentry else 300.0)
         self.ruleset: RuleSet
         self.loaded_at = 0.0
         self.last_reload: ReloadResult
@@ -139,12 +158,13 @@ class Daemon:
 
     async def start(self) -> None:
         """Load everything, resume delivery, serve; raises StartupError when the rules are invalid."""
-        result, tokens, errors = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
-        if errors or result.ruleset is None:
-            raise StartupError(errors)
+        loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
+        result = loaded.result
+        if loaded.errors or result.ruleset is None:
+            raise StartupError(loaded.errors)
         for warning in result.warnings:
             log.warning("%s", warning)
-        self._swap(result.ruleset, tokens, time.time())
+        self._swap(loaded, time.time())
         self.last_reload = ReloadResult(True, time.time(), warnings=tuple(map(str, result.warnings)),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
@@ -177,6 +197,13 @@ class Daemon:
             self._tasks.append(asyncio.create_task(self._watchdog(), name="watchdog"))
         if self.config.reload_on_change:
             self._tasks.append(asyncio.create_task(self._watch_rules(), name="watch-rules"))
+            # awatch registers its inotify watches in its first step, before it first awaits: one turn of
+            # the loop and they are in place. An edit made before that is caught by comparing hashes.
+            await asyncio.sleep(0)
+            now_on_disk = fingerprint(list(self.config.rules))
+            if any(now_on_disk.get(file) != sha for file, sha in self.ruleset.files.items()):
+                log.info("rules changed while starting; reloading")
+                await self.reload()
         log.info("serving on %s:%d with %d rules%s", self.config.host, self.config.port,
                  len(self.ruleset.rules), " (dry run: nothing is sent)" if self.dry_run else "")
         self.notifier.ready()
@@ -228,6 +255,16 @@ class Daemon:
     async def accept(self, events: list[dict[str, Any]]) -> Accepted:
         return await self.intake.accept(self.ruleset, events, time.time())
 
+    async def accept_sentry(self, webhook: SentryEvent) -> dict[str, Any]:
+        """A verified Sentry webhook: its event goes through the rules, its resolve through the state."""
+        log.info("%s", webhook.describe())
+        if webhook.resolves is not None:
+            return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves, time.time())}
+        if webhook.event is None:
+            return {"accepted": 0, "matched": 0, "notifications": 0}
+        accepted = await self.accept([webhook.event])
+        return {"accepted": accepted.accepted, "matched": accepted.matched, "notifications": accepted.notifications}
+
     # -- reload ---------------------------------------------------------------------------------------
 
     async def reload(self) -> ReloadResult:
@@ -247,7 +284,8 @@ class Daemon:
 
     async def _reload(self) -> ReloadResult:
         started = time.monotonic()
-        result, tokens, errors = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
+        loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
+        result, errors = loaded.result, loaded.errors
         now = time.time()
         if errors or result.ruleset is None:
             for message in errors:
@@ -262,7 +300,7 @@ class Daemon:
                                          {"errors": errors[:50]})
             self._reload_alert_open = True
             return self.last_reload
-        self._swap(result.ruleset, tokens, now)
+        self._swap(loaded, now)
         await self.intake.enqueue([], now, self.intake.state.changes())  # the state of removed rules goes
         self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
@@ -274,12 +312,15 @@ class Daemon:
             self._reload_alert_open = False
         return self.last_reload
 
-    def _swap(self, ruleset: RuleSet, tokens: frozenset[str] | None, now: float) -> None:
+    def _swap(self, loaded: Loaded, now: float) -> None:
+        ruleset = loaded.result.ruleset
+        assert ruleset is not None
         old = getattr(self, "ruleset", None)
-        self.redactor.set_secrets(s.key for s in ruleset.services.values() if s.key)
+        self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets])
         self.ruleset = ruleset  # the one reference every new request reads
         self.loaded_at = now
-        self.tokens = tokens or frozenset()
+        self.tokens = loaded.tokens
+        self.sentry_secrets = loaded.sentry_secrets
         self._reload_success.set(1)
         self._reload_time.set(now)
         self._rules_loaded.set(len(ruleset.rules))
@@ -293,11 +334,15 @@ class Daemon:
                 self._report_dropped(self.intake.state.retain({r.name for r in ruleset.rules}))
 
     async def _watch_rules(self) -> None:
-        from watchfiles import awatch
-
-        async for changes in awatch(*self.config.rules, debounce=500, recursive=True):
-            log.info("rules changed (%d file event(s)); reloading", len(changes))
-            await self.reload()
+        """Reload when anything under the rules paths changes (inotify via watchfiles, debounced)."""
+        try:
+            async for changes in awatch(*self.config.rules, debounce=500, recursive=True):
+                log.info("rules changed (%d file event(s)); reloading", len(changes))
+                await self.reload()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("watching the rules stopped; reload with SIGHUP or POST /-/reload")
 
     # -- self-alerts and test pages -------------------------------------------------------------------
 

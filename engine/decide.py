@@ -22,7 +22,8 @@ from engine.state import Group, State
 
 SPIKE_BUCKETS = 30  # a spike window is counted in this many buckets
 SILENCE_KEPT = 7 * 86400.0  # expired silences stay listed this long
-IDLE_KEPT = 86400.0  # a closed group with nothing to count is forgotten after this long without events
+IDLE_KEPT = 86400.0  # a group with nothing to count or resolve is forgotten after this long without events
+STALE_OPEN = 30 * 86400.0  # an open alert that can still be resolved is forgotten after this long without events
 
 
 def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
@@ -56,7 +57,7 @@ def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
             elif g.held and g.open and rule.enabled and _mute_window(rule, now) is None:
                 g.held = False  # the window is over and the alert still open: page it now
                 out += _trigger(ruleset, state, rule, g, g.event or {}, now)
-            elif not g.open and _idle(rule, g, now):
+            elif _forgettable(rule, g, now):
                 state.drop(g)
     for silence in list(state.silences.values()):
         if now >= silence.until + SILENCE_KEPT:
@@ -223,14 +224,21 @@ def _quiet(g: Group, now: float) -> float:
     return now - (g.last_seen if g.last_seen is not None else now)
 
 
-def _idle(rule: Rule, g: Group, now: float) -> bool:
-    """A closed group that counts nothing any more (or a heartbeat group of a removed absence)."""
+def _forgettable(rule: Rule, g: Group, now: float) -> bool:
+    """Whether a group can go: nothing counts on it any more and nothing will ever resolve it.
+
+    Heartbeat groups, last values (change), and held pages are kept. An alert that something can
+    resolve (resolve.after / resolve.match, or Sentry) is kept open until STALE_OPEN without events;
+    any other group goes once it has been quiet longer than its throttle and windows (at least a day).
+    """
     policy = rule.policy
-    if policy.absent:
+    if policy.absent or g.has_value or g.held:
         return False
-    keep = max(IDLE_KEPT, policy.throttle or 0, policy.threshold.window if policy.threshold else 0,
-               2 * policy.spike.window if policy.spike else 0)
-    return not g.has_value and _quiet(g, now) >= keep
+    quiet = _quiet(g, now)
+    if g.open and (policy.resolve_after or policy.resolve_match or _resolved_elsewhere(g.event or {})):
+        return quiet >= STALE_OPEN
+    return quiet >= max(IDLE_KEPT, policy.throttle or 0, policy.threshold.window if policy.threshold else 0,
+                        2 * policy.spike.window if policy.spike else 0)
 
 
 def _value(event: Mapping[str, Any], path: Any) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from engine.decide import decide
+from engine.decide import decide, resolve_key
 from engine.metrics import Registry
 from engine.render import Notification
 from engine.rules.ruleset import RuleSet
@@ -52,6 +52,12 @@ class Intake:
         self._received.inc(len(events))
         self._matched.inc(matched)
         return Accepted(len(events), matched, len(notifications))
+
+    async def resolve(self, ruleset: RuleSet, dedup_key: str, now: float) -> int:
+        """Resolve the open alert(s) with this dedup key on every service paged; how many resolves."""
+        notifications = resolve_key(ruleset, self.state, dedup_key)
+        await self.enqueue(notifications, now, self.state.changes())
+        return len(notifications)
 
     async def enqueue(self, notifications: Sequence[Notification], now: float,
                       changes: StateChanges | None = None) -> None:

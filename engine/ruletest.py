@@ -1,26 +1,41 @@
-"""`alert-engine test`: rule unit tests, like `promtool test rules`, run offline.
+"""`alert-engine test`: rule unit tests, like `promtool test rules`, run offline on a driven clock.
 
-A test file names `rule_files:` (relative to itself) and lists `tests:`, each with `events` and `expect`:
-the notifications the events must cause, as `{rule, service}` plus any of `dedup_key`, `severity`,
-`summary`. The notifications must equal `expect` exactly: nothing missing, nothing unexpected.
+A test file names `rule_files:` (relative to itself) and lists `tests:`, each with `events` and `expect`.
+An item of `events` is an event, sent at `0s`, or `{at: <duration>, event: {...}, repeat: N}` (any item
+with `at` is read this way): N copies of the event at that time since the test's start. The clock
+starts at `start` (ISO 8601 with a zone; default `DEFAULT_START`, so mute windows are reproducible) and
+runs until `until` or the last event, whichever is later. Each event is decided at its own time, in
+time order (as listed when times are equal); the timed work (`tick`) runs once per second of simulated
+time, after the events of that second. Every test has its own state.
+
+`expect` lists the notifications the timeline must send, as `{rule, service}` plus any of `action`
+(`trigger`, the default, or `resolve`), `at` (when it was sent), `dedup_key`, `severity`, `summary`.
+They must equal the notifications sent exactly: nothing missing, nothing unexpected.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Any
 
-from engine.fanout import fan_out
+from engine.decide import decide, tick
 from engine.render import Notification
 from engine.rules import load_ruleset
-from engine.rules.errors import RuleError
+from engine.rules.errors import Problem, RuleError
 from engine.rules.load import load_file
+from engine.rules.ruleset import RuleSet
 from engine.rules.validate import schema_problems
+from engine.state import State
+from engine.units import parse_duration
 
-COMPARED = ("rule", "service", "dedup_key", "severity", "summary")
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
+COMPARED = ("rule", "service", "action", "at", "dedup_key", "severity", "summary")
+_DEFAULTS = {"action": "trigger", "at": 0.0}  # left out of a sent notification's diff line
+_UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 
 
 @dataclass(frozen=True)
@@ -39,43 +54,105 @@ class Outcome:
     def report(self) -> str:
         lines = [f"{'ok  ' if self.passed else 'FAIL'}  {self.file}: {self.name}"]
         lines += [f"      - missing:    {_flow(item)}" for item in self.missing]
-        lines += [f"      + unexpected: {_flow(item)}" for item in self.unexpected]
+        lines += [f"      + unexpected: {_flow(_shown(item))}" for item in self.unexpected]
         return "\n".join(lines)
 
 
-def run_test_file(file: str, now: datetime) -> list[Outcome] | list[RuleError]:
-    """Run every test in one file; the file's own errors (or its rules') come back instead."""
+def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] | list[RuleError]:
+    """Run every test in one file, from `start` unless a test sets its own; the file's own errors (or its
+    rules') come back instead."""
     doc = load_file(file)
     if isinstance(doc, RuleError):
         return [doc]
-    errors = [doc.error(p) for p in schema_problems(file, doc.data, "ruletest")]
-    if errors:
-        return errors
+    problems = schema_problems(file, doc.data, "ruletest")
+    starts: list[float] = []
+    for i, test in enumerate(doc.data["tests"] if not problems else ()):
+        try:
+            starts.append(parse_start(test["start"]) if "start" in test else start.timestamp())
+        except ValueError as exc:
+            problems.append(Problem(file, ("tests", i, "start"), str(exc)))
+    if problems:
+        return [doc.error(p) for p in problems]
     base = FsPath(file).parent
     loaded = load_ruleset([str(base / p) for p in doc.data["rule_files"]], allow_missing_secrets=True)
     if loaded.ruleset is None:
         return list(loaded.errors)
     outcomes = []
-    for test in doc.data["tests"]:
-        rs = loaded.ruleset
-        sent = [n for event in test["events"] for n in fan_out(rs, rs.match(event), now)]
-        missing, unexpected = compare(test["expect"], sent)
+    for test, begin in zip(doc.data["tests"], starts, strict=True):
+        events = timeline(test["events"])
+        until = max([parse_duration(test.get("until", "0s")), *(at for at, _ in events)])
+        sent = play(loaded.ruleset, events, until=until, start=begin)
+        missing, unexpected = compare([expectation(item) for item in test["expect"]], sent)
         outcomes.append(Outcome(file, test["name"], tuple(missing), tuple(unexpected)))
     return outcomes
 
 
-def observed(n: Notification) -> dict[str, Any]:
-    """The fields of a notification that a test can expect."""
-    return {"rule": n.rule, "service": n.service, "dedup_key": n.dedup_key, "severity": n.severity,
-            "summary": n.summary}
+def parse_start(text: str) -> float:
+    """A test's `start`: ISO 8601 with a zone, as seconds since the epoch."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"invalid start {text!r}: use ISO 8601 with a zone, like 2026-03-29T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"start {text!r} has no zone: add Z or an offset like +01:00")
+    return moment.timestamp()
 
 
-def compare(expect: list[Mapping[str, Any]], sent: list[Notification]) -> tuple[list, list]:
-    """Pair each expectation with a sent notification that has every field it names; return the rest."""
-    left = [observed(n) for n in sent]
+def timeline(items: list[Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
+    """(seconds since the start, event) for every event, in time order (stable: as listed)."""
+    events: list[tuple[float, Mapping[str, Any]]] = []
+    for item in items:
+        if "at" in item:
+            events += [(parse_duration(item["at"]), item["event"])] * item.get("repeat", 1)
+        else:
+            events.append((0.0, item))
+    return sorted(events, key=lambda pair: pair[0])
+
+
+def play(ruleset: RuleSet, events: list[tuple[float, Mapping[str, Any]]], *, until: float, start: float
+         ) -> list[tuple[float, Notification]]:
+    """Drive `decide` and `tick` over the timeline: (seconds since the start, notification) as sent.
+
+    Ticks run every whole second from 0 to `until`. While the state holds no group and no silence a tick
+    has nothing to do (it only walks those), so the clock skips ahead to the next event.
+    """
+    state = State(started=start)
+    sent: list[tuple[float, Notification]] = []
+    pending = list(reversed(events))
+    second = 0
+    while second <= until:
+        while pending and pending[-1][0] <= second:
+            at, event = pending.pop()
+            sent += [(at, n) for n in decide(ruleset, state, event, start + at)]
+        sent += [(float(second), n) for n in tick(ruleset, state, start + second)]
+        if state.groups or state.silences:
+            second += 1
+        elif pending:
+            second = max(second + 1, math.ceil(pending[-1][0]))
+        else:
+            break
+    return sent
+
+
+def observed(at: float, n: Notification) -> dict[str, Any]:
+    """The fields of a sent notification that a test can expect."""
+    return {"rule": n.rule, "service": n.service, "action": n.action, "at": at, "dedup_key": n.dedup_key,
+            "severity": n.severity, "summary": n.summary}
+
+
+def expectation(item: Mapping[str, Any]) -> dict[str, Any]:
+    """An `expect` item ready to compare: `at` in seconds."""
+    return {**item, "at": parse_duration(item["at"])} if "at" in item else dict(item)
+
+
+def compare(expect: list[Mapping[str, Any]], sent: list[tuple[float, Notification]]) -> tuple[list, list]:
+    """Pair each expectation with a sent notification that has every field it names (`action` defaults to
+    trigger); return the expectations left unpaired and the notifications left unexpected."""
+    left = [observed(at, n) for at, n in sent]
     missing = []
     for item in expect:
-        hit = next((i for i, got in enumerate(left) if all(got[k] == v for k, v in item.items())), None)
+        wanted = {"action": "trigger", **item}
+        hit = next((i for i, got in enumerate(left) if all(got[k] == v for k, v in wanted.items())), None)
         if hit is None:
             missing.append(dict(item))
         else:
@@ -83,5 +160,24 @@ def compare(expect: list[Mapping[str, Any]], sent: list[Notification]) -> tuple[
     return missing, left
 
 
+def format_duration(seconds: float) -> str:
+    """Seconds as a duration the test format accepts: `0s`, `90s` -> `1m30s`, `1h`, `1.5s`."""
+    parts = []
+    rest = seconds
+    for unit, size in _UNITS:
+        if rest >= size:
+            count, rest = divmod(rest, size)
+            parts.append(f"{int(count)}{unit}")
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
+
+
+def _shown(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A sent notification as its diff line shows it: `action` and `at` only when not the defaults."""
+    return {k: v for k, v in item.items() if k not in _DEFAULTS or v != _DEFAULTS[k]}
+
+
 def _flow(item: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {item[k]!r}" for k in COMPARED if k in item) + "}"
+    shown = {k: format_duration(v) if k == "at" else repr(v) for k, v in item.items()}
+    return "{" + ", ".join(f"{k}: {shown[k]}" for k in COMPARED if k in item) + "}"

@@ -7,6 +7,7 @@ configured, every POST and DELETE needs `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from engine.silences import SilenceError
+from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
 from engine.state import Silence
 from engine.units import parse_duration
@@ -42,6 +44,7 @@ def make_app(daemon: Daemon, max_body: int) -> web.Application:
     app[MAX_BODY] = max_body
     app.add_routes([
         web.post("/v1/events", post_events),
+        web.post("/v1/sources/sentry", post_sentry),
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
@@ -114,6 +117,35 @@ async def post_events(request: web.Request) -> web.Response:
         accepted = await daemon.accept(events)
     return web.json_response({"accepted": accepted.accepted, "matched": accepted.matched,
                               "notifications": accepted.notifications}, status=202)
+
+
+async def post_sentry(request: web.Request) -> web.Response:
+    """A Sentry webhook: verified, mapped to one event (or a resolve), then like POST /v1/events."""
+    daemon = request.app[DAEMON]
+    config = daemon.config.sentry
+    if config is None or not daemon.sentry_secrets:
+        return error(404, "the Sentry source is not configured (sources.sentry in the config)")
+    if daemon.stopping:
+        return error(503, "shutting down; Sentry will retry")
+    with daemon.tracking_request():
+        body = await request.read()
+        resource = request.headers.get(sentry.RESOURCE_HEADER)
+        signed = sentry_auth.SIGNATURE_HEADER in request.headers
+        if resource is not None or signed or not config.allow_unsigned_legacy:
+            try:
+                sentry_auth.verify(body, request.headers, secrets=sorted(daemon.sentry_secrets),
+                                   max_age=config.max_age, now=time.time(), seen=daemon.sentry_replays)
+            except sentry_auth.SentryAuthError as exc:
+                log.warning("refused a Sentry webhook: %s", exc.message)
+                return error(401, exc.message)
+        try:
+            payload = json.loads(body)
+            webhook = sentry.to_event(resource, payload) if resource is not None else sentry.legacy_to_event(payload)
+        except ValueError as exc:
+            message = exc.message if isinstance(exc, sentry.SentryPayloadError) else f"invalid JSON: {exc}"
+            return error(400, message)
+        answer = await daemon.accept_sentry(webhook)
+    return web.json_response(answer, status=202 if answer.get("notifications") or answer.get("resolved") else 200)
 
 
 async def healthz(request: web.Request) -> web.Response:

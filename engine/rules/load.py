@@ -7,6 +7,7 @@ semantics) are reported at the offending key through `Document.locate`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -68,6 +69,15 @@ def find_rule_files(paths: list[str]) -> tuple[list[str], list[RuleError]]:
     seen: set[str] = set()
     unique = [f for f in files if not (f in seen or seen.add(f))]
     return unique, errors
+
+
+def fingerprint(paths: list[str]) -> dict[str, str]:
+    """The sha256 of every rule file under `paths` as they are now (unreadable ones left out)."""
+    out = {}
+    for file in find_rule_files(paths)[0]:
+        with contextlib.suppress(OSError):
+            out[file] = hashlib.sha256(FsPath(file).read_bytes()).hexdigest()
+    return out
 
 
 def load_file(file: str) -> Document | RuleError:
