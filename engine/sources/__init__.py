@@ -1,1 +1,1 @@
-"""Where events come from: request bodies (JSON, JSON arrays, NDJSON) and, later, Sentry webhooks."""
+"""Where events come from: request bodies (JSON, JSON arrays, NDJSON) and Sentry webhooks."""
