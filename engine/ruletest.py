@@ -30,7 +30,7 @@ from engine.rules.load import load_file
 from engine.rules.ruleset import RuleSet
 from engine.rules.validate import schema_problems
 from engine.state import State
-from engine.units import parse_duration
+from engine.units import parse_duration, parse_instant
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 COMPARED = ("rule", "service", "action", "at", "dedup_key", "severity", "summary")
@@ -89,13 +89,7 @@ def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] |
 
 def parse_start(text: str) -> float:
     """A test's `start`: ISO 8601 with a zone, as seconds since the epoch."""
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid start {text!r}: use ISO 8601 with a zone, like 2026-03-29T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"start {text!r} has no zone: add Z or an offset like +01:00")
-    return moment.timestamp()
+    return parse_instant(text, "start")
 
 
 def timeline(items: list[Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:

@@ -20,7 +20,7 @@ from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
 from engine.state import Silence
-from engine.units import parse_duration
+from engine.units import parse_duration, parse_instant
 
 if TYPE_CHECKING:
     from engine.daemon import Daemon
@@ -272,15 +272,13 @@ def parse_since(text: str, now: float) -> float:
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+        return now - parse_duration(text)
     except ValueError:
         pass
     try:
-        return now - parse_duration(text)
-    except ValueError:
-        raise ValueError(f"invalid 'since' {text!r}: use an ISO 8601 time, epoch seconds, or a duration "
-                         "like 1h") from None
+        return parse_instant(text, "'since'")
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or epoch seconds, or a duration like 1h)") from None
 
 
 def _id(request: web.Request) -> int:

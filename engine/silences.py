@@ -9,14 +9,13 @@ cover a rule (`{field: rule, equals: disk-full}`), one alert, or anything in the
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.rules.conditions import Definitions, compile_condition
 from engine.rules.errors import Problem
 from engine.rules.validate import condition_problems
 from engine.state import Silence
-from engine.units import parse_duration
+from engine.units import parse_duration, parse_instant
 
 FIELDS = ("match", "until", "comment", "created_by")
 
@@ -72,9 +71,6 @@ def parse_until(value: Any, now: float) -> float:
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise SilenceError(f"invalid 'until' {value!r}: use an ISO 8601 time or a duration like 2h") from None
-    if moment.tzinfo is None:
-        raise SilenceError(f"'until' {value!r} has no zone: add Z or an offset")
-    return moment.astimezone(UTC).timestamp()
+        return parse_instant(value, "'until'")
+    except ValueError as exc:
+        raise SilenceError(f"{exc} (or a duration like 2h)") from None

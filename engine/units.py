@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
@@ -28,3 +29,15 @@ def parse_size(text: str | int) -> int:
     if not match:
         raise ValueError(f"invalid size {text!r}: use a number with a unit, like 512KiB or 10MiB")
     return int(match.group(1)) * _BYTES[match.group(2)]
+
+
+def parse_instant(text: str, what: str = "time") -> float:
+    """Seconds since the epoch of an ISO 8601 time with a zone (`2026-12-24T00:00:00Z`, `…+01:00`);
+    `what` names the value in the error."""
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"invalid {what} {text!r}: use ISO 8601 with a zone, like 2026-12-24T00:00:00Z") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{what} {text!r} has no zone: add Z or an offset like +01:00")
+    return moment.timestamp()

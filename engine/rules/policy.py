@@ -17,7 +17,7 @@ from apscheduler.triggers.cron import CronTrigger
 
 from engine.rules.conditions import Condition, FieldPath, parse_field
 from engine.rules.errors import Path, Problem
-from engine.units import parse_duration
+from engine.units import parse_duration, parse_instant
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def _mute(spec: dict[str, Any], problem: Any) -> MuteWindow | None:
     instants: dict[str, float] = {}
     for key in ("start", "end"):
         try:
-            instants[key] = _instant(spec[key])
+            instants[key] = parse_instant(spec[key])
         except ValueError as exc:
             problem((key,), str(exc))  # at the key at fault
     if len(instants) < 2:
@@ -150,13 +150,3 @@ def _mute(spec: dict[str, Any], problem: Any) -> MuteWindow | None:
         problem(("end",), "a mute window must end after it starts")
         return None
     return MuteWindow(renotify, start=start, end=end)
-
-
-def _instant(text: str) -> float:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid time {text!r}: use ISO 8601 with a zone, like 2026-12-24T00:00:00Z") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"time {text!r} has no zone: add Z or an offset like +01:00")
-    return moment.timestamp()
