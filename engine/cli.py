@@ -20,11 +20,12 @@ from pathlib import Path as FsPath
 
 import yaml
 
-from engine import __version__, daemon
+from engine import __version__
 from engine.config import CONFIG_ENV, DEFAULT_CONFIG, Config, default_config_path, load_config
 from engine.fanout import fan_out
 from engine.logs import configure as configure_logging
 from engine.logs import default_format
+from engine.reload import load_rules
 from engine.rules import LoadResult, load_ruleset
 from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
@@ -182,8 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config or default_config_path())
     if config is None:
         return 2
+    from engine.daemon import run  # the server and its dependencies: only for this command
+
     redactor = configure_logging(config.log_format or default_format(), config.log_level)
-    return asyncio.run(daemon.run(config, redactor=redactor, dry_run=args.dry_run))
+    return asyncio.run(run(config, redactor=redactor, dry_run=args.dry_run))
 
 
 def _config(file: str) -> Config | None:
@@ -217,7 +220,7 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     if args.paths:
         config = replace(config, rules=tuple(args.paths))
-    loaded = daemon.load_rules(config, dry_run=args.allow_missing_secrets)
+    loaded = load_rules(config, dry_run=args.allow_missing_secrets)
     result, errors = loaded.result, loaded.errors
     for message in (*errors, *map(str, result.warnings)):
         print(message, file=sys.stderr)

@@ -18,7 +18,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -26,17 +25,17 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
-from engine.config import Config, read_secrets
+from engine.config import Config
 from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake
 from engine.logs import Redactor
 from engine.metrics import Registry
-from engine.render import Notification, render, render_resolve
-from engine.rules import LoadResult, load_ruleset
-from engine.rules.conditions import NEVER
+from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve, test_page
+from engine.reload import Loaded, ReloadResult, StartupError, load_rules
+from engine.render import Notification
 from engine.rules.load import fingerprint
-from engine.rules.ruleset import Match, Rule, RuleSet
+from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
@@ -44,71 +43,12 @@ from engine.sources.sentry import SentryEvent
 from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
-from engine.templates import Template
 
 log = logging.getLogger("alert_engine.daemon")
 
-SELF_RULE = "alert-engine:self"
-TEST_RULE = "alert-engine:send-test"
-RELOAD_FAILED_KEY = "alert-engine/reload-failed"
+HOST = os.uname().nodename
 HISTORY_PRUNE_INTERVAL = 3600.0
 TICK_INTERVAL = 1.0  # timed work (resolve-after, absent, mute ends) fires within this of its due time
-
-
-@dataclass(frozen=True)
-class ReloadResult:
-    ok: bool
-    at: float
-    errors: tuple[str, ...] = ()
-    warnings: tuple[str, ...] = ()
-    sha256: str | None = None
-    rules: int = 0
-
-    def view(self) -> dict[str, Any]:
-        return {"ok": self.ok, "at": _iso(self.at), "errors": list(self.errors), "warnings": list(self.warnings),
-                "sha256": self.sha256, "rules": self.rules}
-
-
-class StartupError(Exception):
-    """The daemon cannot start: the messages say why (every rule error, for a broken rule set)."""
-
-    def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = messages
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What start-up and every reload read: the rules, the secrets the API checks, and every error."""
-
-    result: LoadResult
-    tokens: frozenset[str]  # ingest tokens; empty: POSTs need none
-    sentry_secrets: frozenset[str]  # empty: the Sentry endpoint is off
-    errors: list[str]
-
-
-def load_rules(config: Config, *, dry_run: bool) -> Loaded:
-    """The one validation path of start-up, reload and `check --config`: rules, ingest tokens, Sentry
-    client secrets, self-alert services."""
-    result = load_ruleset(list(config.rules), allow_missing_secrets=dry_run)
-    errors = [str(e) for e in result.errors]
-
-    def secrets(file: str | None, what: str) -> frozenset[str]:
-        if not file:
-            return frozenset()
-        read = read_secrets(file, what)
-        if isinstance(read, frozenset):
-            return read
-        errors.append(f"{read.file}: {read.message}")
-        return frozenset()
-
-    tokens = secrets(config.ingest.tokens_file, "tokens")
-    sentry = secrets(config.sentry.client_secret_file if config.sentry else None, "Sentry client secret")
-    if result.ruleset is not None:
-        for name in config.self_alert_services:
-            if name not in result.ruleset.services:
-                errors.append(f"{config.file}: self_alerts: unknown service {name!r} (not in any rule file)")
-    return Loaded(result, tokens, sentry, errors)
 
 
 class Daemon:
@@ -346,45 +286,31 @@ class Daemon:
 
     # -- self-alerts and test pages -------------------------------------------------------------------
 
+    def _self_alert_services(self) -> list[Service]:
+        return [self.ruleset.services[s] for s in self.config.self_alert_services]
+
     async def _raise_self_alert(self, dedup_key: str, summary: str, details: dict[str, Any]) -> None:
-        services = [self.ruleset.services[s] for s in self.config.self_alert_services]
-        if not services:
-            return
-        rule = _synthetic_rule(SELF_RULE, summary, dedup_key, "critical", services)
         now = time.time()
-        event = {"source": "alert-engine", "host": os.uname().nodename, **details}
-        moment = datetime.fromtimestamp(now, UTC)
-        await self.intake.enqueue([render(Match(rule, event), s, moment) for s in services], now)
+        pages = self_alert(self._self_alert_services(), dedup_key, summary, details, host=HOST, now=now)
+        await self.intake.enqueue(pages, now)
 
     async def _resolve_self_alert(self, dedup_key: str) -> None:
-        services = [self.ruleset.services[s] for s in self.config.self_alert_services]
-        await self.intake.enqueue([render_resolve(SELF_RULE, s, dedup_key) for s in services], time.time())
+        await self.intake.enqueue(self_resolve(self._self_alert_services(), dedup_key), time.time())
 
     async def _dead_lettered(self, notification: Notification, reason: str) -> None:
-        if notification.rule in (SELF_RULE, TEST_RULE) or not self.config.self_alert_services:
-            return  # never page about a page about ourselves: that could loop
-        await self._raise_self_alert(
-            f"alert-engine/dead-letter/{notification.service}",
-            f"alert-engine: a page for service {notification.service} (rule {notification.rule}) was "
-            f"dead-lettered: {reason}",
-            {"rule": notification.rule, "service": notification.service, "dedup_key": notification.dedup_key,
-             "reason": reason, "see": "alert-engine dead-letters list"},
-        )
+        now = time.time()
+        pages = dead_letter_alert(self._self_alert_services(), notification, reason, host=HOST, now=now)
+        await self.intake.enqueue(pages, now)
 
     async def send_test(self, service_name: str, resolve_after: float) -> str:
         """A test trigger to one service, and its resolve `resolve_after` seconds later (0: none)."""
-        service = self.ruleset.services[service_name]
         now = time.time()
-        dedup_key = f"alert-engine/send-test/{service_name}/{int(now)}"
-        summary = f"alert-engine test page for service {service_name}: the key works"
-        rule = _synthetic_rule(TEST_RULE, summary, dedup_key, "info", [service])
-        event = {"source": "alert-engine send-test", "host": os.uname().nodename}
-        trigger = render(Match(rule, event), service, datetime.fromtimestamp(now, UTC))
+        trigger, resolve = test_page(self.ruleset.services[service_name], host=HOST, now=now)
         await self.intake.enqueue([trigger], now)
         if resolve_after > 0:
             # due later, behind its trigger in the same chain: durable across restarts like any page
-            await self.intake.enqueue([render_resolve(TEST_RULE, service, dedup_key)], now + resolve_after)
-        return dedup_key
+            await self.intake.enqueue([resolve], now + resolve_after)
+        return trigger.dedup_key
 
     async def retry_dead_letter(self, ident: int) -> int | None:
         new_id = await self.store.retry_dead_letter(ident, now=time.time())
@@ -509,12 +435,6 @@ class Daemon:
         while True:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
-
-
-def _synthetic_rule(name: str, summary: str, dedup_key: str, severity: str, services: list[Any]) -> Rule:
-    """A rule for pages the engine makes itself (self-alerts, test pages): constant templates only."""
-    return Rule(name=name, order=-1, condition=NEVER, services=tuple(s.name for s in services),
-                severity=Template(severity), summary=Template(summary), dedup_key=Template(dedup_key))
 
 
 def _iso(moment: float) -> str:
