@@ -79,11 +79,12 @@ def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notifica
 def _on_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float
               ) -> list[Notification]:
     policy = rule.policy
-    key = alert_key(rule, event, _moment(now))
     if policy is STATELESS and rule.name not in ruleset.inhibit_fields and not _resolved_elsewhere(event):
         # nothing can resolve or use this alert: page every match and keep no state
-        return [] if _silence(state, rule, event, key, now) else _render(ruleset, rule, event, now, {})
-    g = state.group(rule.name, key)
+        if state.silences and _silence(state, rule, event, alert_key(rule, event, _moment(now)), now):
+            return []
+        return _render(ruleset, rule, event, now, {})
+    g = state.group(rule.name, alert_key(rule, event, _moment(now)))
     state.touch(g)
     g.last_seen = now
     if policy.absent:  # a heartbeat: it can only end an absence
