@@ -15,6 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
@@ -38,8 +39,19 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(load_schema(name))
 
 
+@cache
+def _fast_validator(name: str) -> Any:
+    return jsonschema_rs.validator_for(load_schema(name))
+
+
 def schema_problems(file: str, data: Any, schema: str = "rules") -> list[Problem]:
-    """Every schema violation in `data`, as problems located by path, in document order."""
+    """Every schema violation in `data`, as problems located by path, in document order.
+
+    jsonschema-rs says whether there is any (10,000 rules in milliseconds, where jsonschema takes tens
+    of seconds); only then does jsonschema find them, for the error structure the messages are made of.
+    """
+    if _fast_validator(schema).is_valid(data):
+        return []
     return sorted(_problems(_validator(schema), file, data), key=lambda p: [str(x) for x in p.path])
 
 
