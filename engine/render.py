@@ -25,8 +25,8 @@ A template that fails at run time never drops the page: its field takes the defa
 is recorded in the details under `template_error` (`{field: message}`); details that are not a
 mapping are wrapped as `{"details": value, "template_error": {...}}`.
 
-Body limit: a body whose JSON (`json.dumps` with its default separators and `ensure_ascii`, which is
-never smaller than any other UTF-8 serialisation of it) exceeds 512 KiB gets its details replaced by
+Body limit: a body whose JSON as it is sent (`encode`: compact, UTF-8, measured once and stored as
+measured) exceeds 512 KiB gets its details replaced by
 `{"_truncated": "custom_details trimmed: body was N bytes, limit 524288", ...}` followed by the
 top-level detail keys that still fit, `template_error` first, then in their order, skipping any key
 that does not fit. Details that are not a mapping are replaced by the marker alone. Fields other than
@@ -74,6 +74,11 @@ class Notification:
     body: dict[str, Any] = field(repr=False, hash=False)
     summary: str = ""  # what the page says (v2 payload.summary, v1 description); empty for resolves
     severity: str | None = None  # v2 only: the v1 API has no severity
+    encoded: str = field(default="", repr=False, compare=False)  # `body` as `encode` wrote it, when known
+
+    def json(self) -> str:
+        """The body as sent: the serialisation render measured against the size limit, made once."""
+        return self.encoded or encode(self.body)
 
     @property
     def path(self) -> str:
@@ -116,7 +121,7 @@ def render(match: Match, service: Service, now: dt.datetime) -> Notification:
         body["client"] = CLIENT
         if sentry_url:
             body["client_url"] = sentry_url
-        _fit_body(body, payload, "custom_details")
+        encoded = _fit_body(body, payload, "custom_details")
     elif service.api == "v1":
         body = {
             "service_key": service.key,
@@ -129,11 +134,12 @@ def render(match: Match, service: Service, now: dt.datetime) -> Notification:
         contexts = [{"type": "link", **x} for x in links] + [{"type": "image", **x} for x in images]
         if contexts:
             body["contexts"] = contexts
-        _fit_body(body, body, "details")
+        encoded = _fit_body(body, body, "details")
     else:
         raise ValueError(f"service {service.name!r}: unknown api {service.api!r}")
     severity = body["payload"]["severity"] if service.api == "v2" else None
-    return Notification(match.rule.name, service.name, service.api, "trigger", dedup_key, body, summary, severity)
+    return Notification(match.rule.name, service.name, service.api, "trigger", dedup_key, body, summary, severity,
+                        encoded)
 
 
 def render_resolve(rule_name: str, service: Service, dedup_key: str) -> Notification:
@@ -271,6 +277,8 @@ def default_dedup_key(rule: Rule, event: Mapping[str, Any]) -> str:
 def _key_text(value: Any) -> str:
     if isinstance(value, str):
         return value
+    if type(value) is int:
+        return str(value)  # what json.dumps gives, without its machinery
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
@@ -307,16 +315,23 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def encode(body: Mapping[str, Any]) -> str:
+    """The one serialisation of a body: compact JSON, UTF-8 as is. What is measured is what is sent."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
 def body_size(body: Mapping[str, Any]) -> int:
-    """Bytes of the body as `json.dumps` serialises it (the largest of the usual serialisations)."""
-    return len(json.dumps(body).encode("utf-8"))
+    """Bytes of the body as it is sent (`encode`, in UTF-8)."""
+    return len(encode(body).encode("utf-8"))
 
 
-def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> None:
-    """Trim `holder[key]` (the details) in place until the body fits BODY_LIMIT (module docstring)."""
-    size = body_size(body)
+def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> str:
+    """Trim `holder[key]` (the details) in place until the body fits BODY_LIMIT (module docstring);
+    the body's serialisation."""
+    text = encode(body)
+    size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size <= BODY_LIMIT:
-        return
+        return text
     details = holder[key]
     trimmed: dict[str, Any] = {"_truncated": f"{key} trimmed: body was {size} bytes, limit {BODY_LIMIT}"}
     holder[key] = trimmed
@@ -325,10 +340,11 @@ def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> None:
         return
     names = sorted(details, key=lambda name: name != "template_error")  # stable: template_error first
     for name in names:
-        cost = len(json.dumps({name: details[name]}).encode("utf-8")) - 2 + len(", ")  # minus "{}"
+        cost = len(encode({name: details[name]}).encode("utf-8")) - 2 + len(",")  # minus "{}"
         if cost <= room:
             trimmed[name] = details[name]
             room -= cost
+    return encode(body)
 
 
 def alert_key(rule: Rule, event: Mapping[str, Any], now: dt.datetime) -> str:
@@ -351,7 +367,8 @@ def with_details(api: str, body: dict[str, Any], extra: Mapping[str, Any]) -> di
 
 def add_details(notification: Notification, extra: Mapping[str, Any]) -> Notification:
     """The notification with `extra` added to its details (see `with_details`)."""
-    return dataclasses.replace(notification, body=with_details(notification.api, notification.body, extra))
+    return dataclasses.replace(notification, body=with_details(notification.api, notification.body, extra),
+                               encoded="")
 
 
 def _merged(details: Any, extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,12 +31,12 @@ def parse_events(body: bytes, *, ndjson: bool) -> list[dict[str, Any]]:
         events = []
         for line in text.splitlines():
             if line.strip():
-                events.append(_object(_loads(line, len(events)), len(events)))
+                events.append(_object(_loads(line, len(events)), len(events), line))
         return events
     value = _loads(text, None)
     if isinstance(value, list):
         return [_object(item, i) for i, item in enumerate(value)]
-    return [_object(value, None)]
+    return [_object(value, None, text)]
 
 
 def _loads(text: str, index: int | None) -> Any:
@@ -48,11 +48,12 @@ def _loads(text: str, index: int | None) -> Any:
         raise EventError(f"JSON nested deeper than {MAX_DEPTH} levels", index) from None
 
 
-def _object(value: Any, index: int | None) -> dict[str, Any]:
+def _object(value: Any, index: int | None, text: str | None = None) -> dict[str, Any]:
+    """`value` as an event; `text`, when it is the value's own JSON, lets a shallow one skip the depth walk."""
     if not isinstance(value, dict):
         kind = "an array" if isinstance(value, list) else type(value).__name__ if value is not None else "null"
         raise EventError(f"an event must be a JSON object, not {kind}", index)
-    if _depth(value) > MAX_DEPTH:
+    if (text is None or text.count("{") + text.count("[") > MAX_DEPTH) and _depth(value) > MAX_DEPTH:
         raise EventError(f"event nested deeper than {MAX_DEPTH} levels", index)
     return value
 

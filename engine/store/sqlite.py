@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from engine.render import Notification
+from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
     COLLAPSED,
@@ -74,11 +74,6 @@ _HEADS = f"""
 
 T = TypeVar("T")
 Chain = tuple[str, str]  # (service, dedup key)
-
-
-def serialise(body: dict[str, Any]) -> str:
-    """The one serialisation of a body: compact JSON, stored once and sent as stored."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass
@@ -188,7 +183,7 @@ class SQLiteStore:
         self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
     ) -> list[int]:
         rows = [
-            (n.rule, n.service, n.api, n.action, n.dedup_key, serialise(n.body), now, now)
+            (n.rule, n.service, n.api, n.action, n.dedup_key, n.json(), now, now)
             for n in notifications
         ]
         if not rows and not state:
@@ -261,7 +256,7 @@ class SQLiteStore:
                 [(COLLAPSED, now, f"collapsed into notification {newest[0]}", row[0]) for row in folded],
             )
             db.executemany("DELETE FROM outbox WHERE id = ?", [(row[0],) for row in folded])
-            body = serialise(fold_collapsed_count(n.api, json.loads(newest[6]), total))
+            body = encode(fold_collapsed_count(n.api, json.loads(newest[6]), total))
             db.execute(
                 "UPDATE outbox SET body = ?, collapsed = ?, attempts = ? WHERE id = ?",
                 (body, total, entry.attempts, newest[0]),
