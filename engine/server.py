@@ -20,7 +20,7 @@ from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
 from engine.state import Silence
-from engine.units import parse_duration, parse_instant
+from engine.units import parse_duration, parse_moment
 
 if TYPE_CHECKING:
     from engine.daemon import Daemon
@@ -270,15 +270,7 @@ def parse_since(text: str, now: float) -> float:
     try:
         return float(text)
     except ValueError:
-        pass
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return parse_instant(text, "'since'")
-    except ValueError as exc:
-        raise ValueError(f"{exc} (or epoch seconds, or a duration like 1h)") from None
+        return parse_moment(text, now, ago=True, what="'since'")
 
 
 def _id(request: web.Request) -> int:

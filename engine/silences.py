@@ -15,7 +15,7 @@ from engine.rules.conditions import Definitions, compile_condition
 from engine.rules.errors import Problem
 from engine.rules.validate import condition_problems
 from engine.state import Silence
-from engine.units import parse_duration, parse_instant
+from engine.units import parse_moment
 
 FIELDS = ("match", "until", "comment", "created_by")
 
@@ -67,10 +67,6 @@ def parse_until(value: Any, now: float) -> float:
     if not isinstance(value, str):
         raise SilenceError("'until' must be an ISO 8601 time (2026-12-24T08:00:00Z) or a duration (2h)")
     try:
-        return now + parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        return parse_instant(value, "'until'")
+        return parse_moment(value, now, ago=False, what="'until'")
     except ValueError as exc:
-        raise SilenceError(f"{exc} (or a duration like 2h)") from None
+        raise SilenceError(str(exc)) from None

@@ -41,3 +41,17 @@ def parse_instant(text: str, what: str = "time") -> float:
     if moment.tzinfo is None:
         raise ValueError(f"{what} {text!r} has no zone: add Z or an offset like +01:00")
     return moment.timestamp()
+
+
+def parse_moment(text: str, now: float, *, ago: bool, what: str) -> float:
+    """An ISO 8601 time with a zone, or a duration from `now`: back from it when `ago`, else ahead."""
+    try:
+        duration = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        return now - duration if ago else now + duration
+    try:
+        return parse_instant(text, what)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or a duration like 2h)") from None
