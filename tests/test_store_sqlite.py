@@ -317,3 +317,34 @@ async def test_closed_store_refuses_work(tmp_path, notification):
     await opened.close()
     with pytest.raises(RuntimeError, match="closed"):
         await opened.enqueue([notification()], now=NOW)
+
+
+async def test_a_version_1_database_gets_chain_heads_and_keeps_its_order(tmp_path, notification):
+    """Version 1 found chain heads with a GROUP BY; version 2 marks them. Rows queued under 1 still go
+    out head first, chain by chain."""
+    path = tmp_path / "v1.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+            dedup_key TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL, due REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0, collapsed INTEGER NOT NULL DEFAULT 0,
+            last_status INTEGER, last_response TEXT NOT NULL DEFAULT '');
+        PRAGMA user_version = 1;
+    """)
+    rows = [notification(dedup_key="a"), notification(dedup_key="b"), notification(dedup_key="a", action="resolve")]
+    db.executemany("INSERT INTO outbox (rule, service, api, action, dedup_key, body, created, due) "
+                   "VALUES (?, ?, ?, ?, ?, ?, 1, 1)",
+                   [(n.rule, n.service, n.api, n.action, n.dedup_key, json.dumps(n.body)) for n in rows])
+    db.commit()
+    db.close()
+    store = await SQLiteStore.open(path)
+    try:
+        first = await store.claim(now=2, limit=10)
+        assert [(e.id, e.notification.dedup_key) for e in first] == [(1, "a"), (2, "b")]
+        await store.complete(first[0], now=2, status=202, response="")
+        [resolve] = await store.claim(now=2, limit=10)  # b is still leased; a's resolve is its head now
+        assert (resolve.id, resolve.notification.action) == (3, "resolve")
+    finally:
+        await store.close()

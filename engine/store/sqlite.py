@@ -32,8 +32,29 @@ from engine.store import (
     fold_collapsed_count,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RESPONSE_LIMIT = 8192  # characters of a response body kept
+
+# `head` marks the first row of each (service, dedup key) chain, kept by triggers inside SQLite, so that
+# claiming the due heads is an index range scan instead of a GROUP BY over the whole outbox (which took
+# 55 ms at 10,000 queued rows, twice per delivered page).
+_HEAD_TRACKING = """
+CREATE INDEX IF NOT EXISTS outbox_heads ON outbox (due, id) WHERE head = 1;
+CREATE TRIGGER IF NOT EXISTS outbox_head_on_insert AFTER INSERT ON outbox
+WHEN NOT EXISTS (SELECT 1 FROM outbox WHERE service = NEW.service AND dedup_key = NEW.dedup_key AND id < NEW.id)
+BEGIN UPDATE outbox SET head = 1 WHERE id = NEW.id; END;
+CREATE TRIGGER IF NOT EXISTS outbox_head_on_delete AFTER DELETE ON outbox WHEN OLD.head = 1
+BEGIN
+    UPDATE outbox SET head = 1
+    WHERE id = (SELECT MIN(id) FROM outbox WHERE service = OLD.service AND dedup_key = OLD.dedup_key);
+END;
+"""
+
+# version 1 had no `head`: add it, mark the heads, and the triggers keep it from then on
+_MIGRATE_FROM_1 = """
+ALTER TABLE outbox ADD COLUMN head INTEGER NOT NULL DEFAULT 0;
+UPDATE outbox SET head = 1 WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY service, dedup_key);
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -42,9 +63,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     dedup_key TEXT NOT NULL, body TEXT NOT NULL,
     created REAL NOT NULL, due REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0, collapsed INTEGER NOT NULL DEFAULT 0,
-    last_status INTEGER, last_response TEXT NOT NULL DEFAULT ''
+    last_status INTEGER, last_response TEXT NOT NULL DEFAULT '',
+    head INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS outbox_chain ON outbox (service, dedup_key, id);
+""" + _HEAD_TRACKING + """
 CREATE TABLE IF NOT EXISTS history (
     id INTEGER PRIMARY KEY,
     rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
@@ -67,10 +90,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 _NOTIFICATION = "rule, service, api, action, dedup_key, body"
-_HEADS = f"""
-    SELECT o.id, {_NOTIFICATION}, created, due, attempts, collapsed FROM outbox o
-    JOIN (SELECT MIN(id) AS head FROM outbox GROUP BY service, dedup_key) ON o.id = head
-"""
+_HEADS = f"SELECT id, {_NOTIFICATION}, created, due, attempts, collapsed FROM outbox WHERE head = 1"
 
 T = TypeVar("T")
 Chain = tuple[str, str]  # (service, dedup key)
@@ -208,7 +228,7 @@ class SQLiteStore:
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
         def claim_heads(db: sqlite3.Connection) -> list[OutboxEntry]:
             rows = db.execute(
-                f"{_HEADS} WHERE due <= ? ORDER BY due, o.id LIMIT ?", (now, limit + len(self._leases))
+                f"{_HEADS} AND due <= ? ORDER BY due, id LIMIT ?", (now, limit + len(self._leases))
             ).fetchall()
             claimed = []
             for row in rows:
@@ -407,9 +427,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA busy_timeout = 5000")
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version not in (0, SCHEMA_VERSION):
+        if version not in (0, 1, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
-        db.executescript(f"BEGIN IMMEDIATE; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        migrate = _MIGRATE_FROM_1 if version == 1 else ""
+        db.executescript(f"BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
     except BaseException:
         db.close()
         raise
