@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from engine.metrics import Registry
 from engine.render import Notification
@@ -113,6 +115,14 @@ class Answer:
         return f"HTTP {self.status}" if self.status is not None else self.response
 
 
+def env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
+    """The proxy the environment names for `base_url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if any."""
+    try:
+        return get_env_proxy_for_url(URL(base_url))
+    except LookupError:
+        return None, None
+
+
 def integration_key(notification: Notification) -> str:
     """The key PagerDuty rate-limits by (the service name when the body has none)."""
     body = notification.body
@@ -170,6 +180,8 @@ class Deliverer:
         self._idle = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: URL | None = None
+        self._proxy_auth: aiohttp.BasicAuth | None = None
         self._stop_at: float | None = None
         registry = metrics or Registry()
         self._sent = registry.counter(
@@ -194,9 +206,12 @@ class Deliverer:
 
     async def start(self) -> None:
         if self._dry_run is None:
+            # The proxy (HTTPS_PROXY / HTTP_PROXY, NO_PROXY) is read from the environment once, here, for
+            # the one base URL: with trust_env=True aiohttp reads the environment and ~/.netrc again on a
+            # worker thread for every request, which was 40% of the daemon's CPU while delivering.
+            self._proxy, self._proxy_auth = env_proxy(self._base_url)
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
-                trust_env=True,
                 headers={"User-Agent": USER_AGENT},
             )
         self._runner = asyncio.create_task(self._run(), name="alert-engine-deliver")
@@ -303,7 +318,8 @@ class Deliverer:
         url = entry.notification.url(self._base_url)
         headers = {"Content-Type": "application/json"}
         try:
-            async with self._session.post(url, data=entry.payload, headers=headers) as response:
+            async with self._session.post(url, data=entry.payload, headers=headers, proxy=self._proxy,
+                                          proxy_auth=self._proxy_auth) as response:
                 text = await response.text(errors="replace")
                 retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
                 return Answer(response.status, text, retry_after)

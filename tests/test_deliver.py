@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+from yarl import URL
 
 from engine.deliver import (
     Deliverer,
@@ -14,6 +15,7 @@ from engine.deliver import (
     Verdict,
     backoff,
     classify,
+    env_proxy,
     integration_key,
     parse_retry_after,
 )
@@ -357,3 +359,18 @@ async def test_dry_run_writes_masked_json_lines_and_sends_nothing(
     assert lines["web"]["body"]["service_key"] == "****0000"
     assert lines["web"]["url"] == fake_pagerduty.url + V1_PATH
     assert {h.outcome for h in await store.history()} == {DELIVERED_DRY_RUN}
+
+
+async def test_the_environment_proxy_is_used_and_no_proxy_respected(
+        store, fake_pagerduty, deliverer, notification, monkeypatch):
+    """HTTP(S)_PROXY works: the fake stands in for the proxy, PagerDuty's host does not resolve at all."""
+    monkeypatch.setenv("HTTP_PROXY", fake_pagerduty.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    assert env_proxy("http://events.pagerduty.invalid")[0] == URL(fake_pagerduty.url)
+    await store.enqueue([notification()], now=time.time())
+    await idle(await deliverer(base_url="http://events.pagerduty.invalid"))
+    [request] = fake_pagerduty.requests
+    assert request.headers["Host"] == "events.pagerduty.invalid" and request.status == 202
+    monkeypatch.setenv("NO_PROXY", "events.pagerduty.invalid")
+    assert env_proxy("http://events.pagerduty.invalid") == (None, None)
