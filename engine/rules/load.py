@@ -93,7 +93,8 @@ def load_file(file: str) -> Document | RuleError:
     doc = Document(file, None, hashlib.sha256(raw).hexdigest())
     try:
         node = yaml.compose(text, Loader=_COMPOSER)
-        doc.data = {} if node is None else _construct(node, (), doc.marks)
+        # a constructor per file: it remembers every node it built, which would keep them all alive
+        doc.data = {} if node is None else _construct(node, (), doc.marks, yaml.SafeLoader(""))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -110,17 +111,16 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.col = key, line, col
 
 
-_scalars = yaml.SafeLoader("")
 # libyaml's parser when PyYAML was built with it (the wheels are): about 4 times faster on large files
 _COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _construct(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]]) -> Any:
+def _construct(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]], scalars: yaml.SafeLoader) -> Any:
     if isinstance(node, yaml.MappingNode):
-        _scalars.flatten_mapping(node)  # resolves `<<:` merge keys
+        scalars.flatten_mapping(node)  # resolves `<<:` merge keys
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _construct(key_node, path, marks)
+            key = _construct(key_node, path, marks, scalars)
             if not isinstance(key, (str, int, float, bool)) and key is not None:
                 raise yaml.constructor.ConstructorError(
                     None, None, "mapping keys must be scalars", key_node.start_mark
@@ -129,15 +129,15 @@ def _construct(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]]) 
                 raise _DuplicateKey(str(key), key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             child = (*path, key)
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _construct(value_node, child, marks)
+            out[key] = _construct(value_node, child, marks, scalars)
         return out
     if isinstance(node, yaml.SequenceNode):
         items = []
         for i, item in enumerate(node.value):
             child = (*path, i)
             marks[child] = (item.start_mark.line + 1, item.start_mark.column + 1)
-            items.append(_construct(item, child, marks))
+            items.append(_construct(item, child, marks, scalars))
         return items
     if node.tag == "tag:yaml.org,2002:timestamp":
         return node.value  # dates stay text: JSON has no date type and the schema expects strings
-    return _scalars.construct_object(node, deep=True)
+    return scalars.construct_object(node, deep=True)
