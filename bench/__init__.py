@@ -1,1 +1,1 @@
-"""Benchmarks, run by hand (`python bench/bench_match.py`)."""
+"""Benchmarks, run by hand, never by `make test`: `make bench` or `python -m bench` (see __main__)."""

@@ -43,7 +43,9 @@ def rule_set(make_node: Any, size: int) -> RuleSet:
     if problems:
         raise SystemExit(f"bench rules do not compile: {problems}")
     index = CandidateIndex([r.condition for r in rules])
-    return RuleSet(rules=tuple(rules), services={}, files={}, index=index)
+    return RuleSet(rules=tuple(rules), services={}, files={}, index=index,
+                   resolve_index=CandidateIndex([None] * len(rules)), by_name={r.name: r for r in rules},
+                   inhibit_fields={})
 
 
 def events(size: int, rng: random.Random) -> list[dict[str, Any]]:
