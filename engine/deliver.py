@@ -339,6 +339,8 @@ class Deliverer:
             self._sent.inc(service=service)
             self._latency.observe(max(0.0, now - entry.created), service=service)
             log.info("delivered (%s)", answer.describe(), extra=extra)
+            if entry.attempts:
+                await self._recovered(service, now)
             return
         if verdict is Verdict.REJECTED:
             reason = f"PagerDuty rejected it: HTTP {answer.status}"
@@ -360,6 +362,16 @@ class Deliverer:
         await self._store.retry_later(entry, due=due, status=answer.status, response=answer.response)
         self._retried.inc(service=service)
         log.warning("attempt failed (%s); retrying in %.3fs", answer.describe(), due - now, extra=extra)
+
+    async def _recovered(self, service: str, now: float) -> None:
+        """A retry went through: PagerDuty answers this service again. Its other notifications waiting
+        out a backoff go now (paced by the token bucket), instead of one by one over as many minutes as
+        the outage lasted."""
+        woken = await self._store.expedite(service, now=now)
+        if woken:
+            log.info("PagerDuty answers again: %d waiting retr%s due now", woken, "y is" if woken == 1 else "ies are",
+                     extra={"service": service})
+            self.notify()
 
     async def _bury(
         self, entry: OutboxEntry, answer: Answer, reason: str, now: float, extra: dict[str, Any]

@@ -374,3 +374,21 @@ async def test_the_environment_proxy_is_used_and_no_proxy_respected(
     assert request.headers["Host"] == "events.pagerduty.invalid" and request.status == 202
     monkeypatch.setenv("NO_PROXY", "events.pagerduty.invalid")
     assert env_proxy("http://events.pagerduty.invalid") == (None, None)
+
+
+async def test_a_retry_that_goes_through_wakes_the_service_s_other_waiting_retries(
+        store, fake_pagerduty, deliverer, notification):
+    """After an outage, one success means PagerDuty answers again: the rest need not sit out their backoff."""
+    fake_pagerduty.fail_next(1, 500, retry_after="0.1", dedup_key="a")
+    fake_pagerduty.fail_next(1, 500, retry_after="30", dedup_key="b")
+    running = await deliverer()
+    later = notification(service="db", dedup_key="later")  # not failed: its own due time is kept
+    await enqueue(store, running, notification(dedup_key="a"), notification(dedup_key="b"))
+    await store.enqueue([later], now=time.time() + 60)
+    received = await fake_pagerduty.wait_until(
+        lambda rs: [r.body["dedup_key"] for r in rs if r.status == 202] == ["a", "b"], timeout=10)
+    assert [r.status for r in received if r.body["dedup_key"] == "b"] == [500, 202]
+    async with asyncio.timeout(5):  # b's completion is written after PagerDuty's answer: read until it is
+        while (counts := await store.counts()).history < 2:
+            pass
+    assert counts.outbox == 1  # `later` still waits for its own time

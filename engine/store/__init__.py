@@ -132,6 +132,10 @@ class Store(Protocol):
         """Move the claimed entry to history and release it."""
         ...
 
+    async def expedite(self, service: str, *, now: float) -> int:
+        """Make the notifications of `service` that wait for a retry due `now`; how many."""
+        ...
+
     async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
         """Count a failed attempt, make the entry due at `due`, release it. Its chain waits behind it."""
         ...

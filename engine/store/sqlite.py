@@ -299,6 +299,14 @@ class SQLiteStore:
 
         await self._write(to_history, release=[_chain(entry)])
 
+    async def expedite(self, service: str, *, now: float) -> int:
+        def wake(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE outbox SET due = ? WHERE service = ? AND attempts > 0 AND due > ?", (now, service, now)
+            ).rowcount
+
+        return await self._write(wake)
+
     async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
         def postpone(db: sqlite3.Connection) -> None:
             updated = db.execute(
