@@ -43,6 +43,7 @@ from engine.sources.sentry import SentryEvent
 from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
+from engine.units import iso_seconds
 
 log = logging.getLogger("alert_engine.daemon")
 
@@ -342,7 +343,7 @@ class Daemon:
         rs = self.ruleset
         return {
             "sha256": rs.sha256,
-            "loaded_at": _iso(self.loaded_at),
+            "loaded_at": iso_seconds(self.loaded_at),
             "files": dict(rs.files),
             "services": [{"name": s.name, "api": s.api, "key": s.masked_key, "severity": s.severity,
                           "file": s.file, "line": s.line} for s in rs.services.values()],
@@ -354,7 +355,7 @@ class Daemon:
         counts = await self.store.counts()
         return {
             "outbox": counts.outbox,
-            "oldest_pending": _iso(counts.oldest_created) if counts.oldest_created else None,
+            "oldest_pending": iso_seconds(counts.oldest_created) if counts.oldest_created else None,
             "dead_letters": counts.dead_letters,
             "history": counts.history,
             "rules": len(self.ruleset.rules),
@@ -413,7 +414,7 @@ class Daemon:
         self._last_silence = silence.id
         state.touch_silence(silence)
         await self.intake.enqueue([], now, state.changes())
-        log.info("silence %d added until %s by %r: %s", silence.id, _iso(silence.until), silence.created_by,
+        log.info("silence %d added until %s by %r: %s", silence.id, iso_seconds(silence.until), silence.created_by,
                  silence.comment)
         return silence
 
@@ -436,9 +437,6 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> int:

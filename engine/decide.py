@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.render import Notification, add_details, alert_key, render, render_resolve
+from engine.fanout import fan_out
+from engine.render import Notification, add_details, alert_key, render_resolve
 from engine.rules.conditions import MISSING, field_values, value_getter
 from engine.rules.policy import STATELESS
 from engine.rules.ruleset import Match, Rule, RuleSet
 from engine.state import Group, State
+from engine.units import iso_seconds
 
 SPIKE_BUCKETS = 30  # a spike window is counted in this many buckets
 SILENCE_KEPT = 7 * 86400.0  # expired silences stay listed this long
@@ -183,9 +185,7 @@ def _close(ruleset: RuleSet, state: State, rule: Rule, g: Group) -> list[Notific
 
 def _render(ruleset: RuleSet, rule: Rule, event: Mapping[str, Any], now: float, extra: dict[str, Any]
             ) -> list[Notification]:
-    moment = _moment(now)
-    match = Match(rule, event)
-    out = [render(match, ruleset.services[s], moment) for s in rule.services]
+    out = fan_out(ruleset, [Match(rule, event)], _moment(now))
     return [add_details(n, extra) for n in out] if extra else out
 
 
@@ -252,4 +252,4 @@ def _moment(now: float) -> datetime:
 
 
 def _iso(moment: float | None) -> str | None:
-    return None if moment is None else _moment(moment).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return None if moment is None else iso_seconds(moment)

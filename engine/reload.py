@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from engine.config import Config, read_secrets
 from engine.rules import LoadResult, load_ruleset
+from engine.units import iso_seconds
 
 
 @dataclass(frozen=True)
@@ -20,7 +20,7 @@ class ReloadResult:
     rules: int = 0
 
     def view(self) -> dict[str, Any]:
-        return {"ok": self.ok, "at": _iso(self.at), "errors": list(self.errors), "warnings": list(self.warnings),
+        return {"ok": self.ok, "at": iso_seconds(self.at), "errors": list(self.errors), "warnings": list(self.warnings),
                 "sha256": self.sha256, "rules": self.rules}
 
 
@@ -65,6 +65,3 @@ def load_rules(config: Config, *, dry_run: bool) -> Loaded:
                 errors.append(f"{config.file}: self_alerts: unknown service {name!r} (not in any rule file)")
     return Loaded(result, tokens, sentry, errors)
 
-
-def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -256,7 +256,7 @@ def _silence(silence: Silence, now: float | None = None) -> dict[str, Any]:
     view = silence.view()
     view["active"] = silence.active(time.time() if now is None else now)
     for name in ("until", "created"):
-        view[name] = datetime.fromtimestamp(view[name], UTC).isoformat().replace("+00:00", "Z")
+        view[name] = _iso_precise(view[name])
     return view
 
 
@@ -283,5 +283,10 @@ def _id(request: web.Request) -> int:
 def _row(row: Any, *times: str) -> dict[str, Any]:
     out = dict(vars(row))
     for name in times:
-        out[name] = datetime.fromtimestamp(out[name], UTC).isoformat().replace("+00:00", "Z")
+        out[name] = _iso_precise(out[name])
     return out
+
+
+def _iso_precise(moment: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with microseconds (history and silences keep their exact times)."""
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ms|s|m|h|d))+$")
@@ -55,3 +55,8 @@ def parse_moment(text: str, now: float, *, ago: bool, what: str) -> float:
         return parse_instant(text, what)
     except ValueError as exc:
         raise ValueError(f"{exc} (or a duration like 2h)") from None
+
+
+def iso_seconds(moment: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC to the second, with a trailing Z (`2026-11-28T09:46:20Z`)."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -84,12 +84,6 @@ class Policy:
     mute: tuple[MuteWindow, ...] = ()
     inhibit: Inhibit | None = None
 
-    @property
-    def tracks_alerts(self) -> bool:
-        """Whether triggers of this rule are remembered as open alerts (something can resolve or use them)."""
-        return bool(self.throttle or self.resolve_after or self.resolve_match or self.absent
-                    or any(w.renotify for w in self.mute))
-
 
 STATELESS = Policy()
 
