@@ -174,6 +174,7 @@ class Deliverer:
         self._rng = rng or random.Random()
         self._on_dead_letter = on_dead_letter
         self._buckets: dict[str, TokenBucket] = {}
+        self._asked_to_wait: dict[str, float] = {}  # service -> until when a Retry-After asked us to wait
         self._in_flight = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
@@ -350,6 +351,8 @@ class Deliverer:
         wait = backoff(entry.attempts, self._backoff_base, self._backoff_cap, self._rng)
         if answer.retry_after is not None:
             wait = max(wait, answer.retry_after)
+            until = now + answer.retry_after
+            self._asked_to_wait[service] = max(self._asked_to_wait.get(service, 0.0), until)
             if now + answer.retry_after > deadline:
                 reason = f"gave up: Retry-After {answer.retry_after:g}s reaches past give_up_after"
                 await self._bury(entry, answer, reason, now, extra)
@@ -366,7 +369,9 @@ class Deliverer:
     async def _recovered(self, service: str, now: float) -> None:
         """A retry went through: PagerDuty answers this service again. Its other notifications waiting
         out a backoff go now (paced by the token bucket), instead of one by one over as many minutes as
-        the outage lasted."""
+        the outage lasted. Not while PagerDuty's own Retry-After for the service still runs: it is honoured."""
+        if self._asked_to_wait.get(service, 0.0) > now:
+            return
         woken = await self._store.expedite(service, now=now)
         if woken:
             log.info("PagerDuty answers again: %d waiting retr%s due now", woken, "y is" if woken == 1 else "ies are",

@@ -376,19 +376,44 @@ async def test_the_environment_proxy_is_used_and_no_proxy_respected(
     assert env_proxy("http://events.pagerduty.invalid") == (None, None)
 
 
+class ScriptedJitter(random.Random):
+    """Backoff jitter that draws the given waits in order (the first failure's, then the second's)."""
+
+    def __init__(self, *waits: float) -> None:
+        super().__init__(0)
+        self.waits = list(waits)
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.waits.pop(0)
+
+
 async def test_a_retry_that_goes_through_wakes_the_service_s_other_waiting_retries(
         store, fake_pagerduty, deliverer, notification):
     """After an outage, one success means PagerDuty answers again: the rest need not sit out their backoff."""
-    fake_pagerduty.fail_next(1, 500, retry_after="0.1", dedup_key="a")
-    fake_pagerduty.fail_next(1, 500, retry_after="30", dedup_key="b")
-    running = await deliverer()
+    fake_pagerduty.fail_next(1, 500, dedup_key="a")
+    fake_pagerduty.fail_next(1, 500, dedup_key="b")
+    running = await deliverer(backoff_base=30, backoff_cap=30, rng=ScriptedJitter(0.1, 30))
     later = notification(service="db", dedup_key="later")  # not failed: its own due time is kept
     await enqueue(store, running, notification(dedup_key="a"), notification(dedup_key="b"))
     await store.enqueue([later], now=time.time() + 60)
+    # one of the two drew a 30 s backoff: both arriving within 10 s means the other's success woke it
     received = await fake_pagerduty.wait_until(
-        lambda rs: [r.body["dedup_key"] for r in rs if r.status == 202] == ["a", "b"], timeout=10)
-    assert [r.status for r in received if r.body["dedup_key"] == "b"] == [500, 202]
+        lambda rs: sorted(r.body["dedup_key"] for r in rs if r.status == 202) == ["a", "b"], timeout=10)
+    for key in "ab":
+        assert [r.status for r in received if r.body["dedup_key"] == key] == [500, 202]
     async with asyncio.timeout(5):  # b's completion is written after PagerDuty's answer: read until it is
         while (counts := await store.counts()).history < 2:
             pass
     assert counts.outbox == 1  # `later` still waits for its own time
+
+
+async def test_a_retry_that_goes_through_does_not_cut_short_pagerduty_s_retry_after(
+        store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.fail_next(1, 500, retry_after="0.1", dedup_key="a")
+    fake_pagerduty.fail_next(1, 429, retry_after="1", dedup_key="b")
+    running = await deliverer()
+    await enqueue(store, running, notification(dedup_key="a"), notification(dedup_key="b"))
+    received = await fake_pagerduty.wait_until(
+        lambda rs: sorted(r.body["dedup_key"] for r in rs if r.status == 202) == ["a", "b"], timeout=10)
+    b_times = [r.at for r in received if r.body["dedup_key"] == "b"]
+    assert b_times[1] - b_times[0] >= 0.9  # a's success did not wake b before its Retry-After
