@@ -20,6 +20,7 @@ from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
 from engine.state import Silence
+from engine.store import StorageError
 from engine.units import parse_duration, parse_moment
 
 if TYPE_CHECKING:
@@ -31,11 +32,12 @@ JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
+STORAGE_RETRY_AFTER = 5  # seconds a client is asked to wait after a storage failure
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error(status: int, message: str, **more: Any) -> web.Response:
-    return web.json_response({"error": message, **more}, status=status)
+def error(status: int, message: str, *, headers: dict[str, str] | None = None, **more: Any) -> web.Response:
+    return web.json_response({"error": message, **more}, status=status, headers=headers)
 
 
 def make_app(daemon: Daemon, max_body: int) -> web.Application:
@@ -68,6 +70,10 @@ def make_app(daemon: Daemon, max_body: int) -> web.Application:
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except StorageError as exc:
+        log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+        return error(503, f"storage unavailable, nothing was changed: {exc}",
+                     headers={"Retry-After": str(STORAGE_RETRY_AFTER)})
     except web.HTTPRequestEntityTooLarge as exc:
         return error(413, f"body larger than the limit of {exc.max_size} bytes")
     except web.HTTPException as exc:

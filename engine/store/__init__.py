@@ -5,6 +5,7 @@ SQLite file; a shared backend (PostgreSQL) would implement the same protocol.
 
 The contract every backend keeps:
 - `enqueue` returns only once the notifications are durable (committed).
+- A read or write the database refuses raises `StorageError` and changed nothing.
 - Notifications with the same (service, dedup key) form a chain ordered by creation; `claim` hands out
   only the head of a chain, and only once the head is due and its chain is not already claimed. A
   claim is a lease on the chain held in memory by this process, ended by `complete`, `retry_later`,
@@ -34,6 +35,11 @@ DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0  # seconds
 DELIVERED = "delivered"
 DELIVERED_DRY_RUN = "delivered-dry-run"
 COLLAPSED = "collapsed"
+
+
+class StorageError(Exception):
+    """The database could not be read or written (disk full, read-only, gone). The operation had no
+    effect; the caller answers 503 (intake) or tries again later (delivery)."""
 
 
 @dataclass(frozen=True)

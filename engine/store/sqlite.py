@@ -28,6 +28,7 @@ from engine.store import (
     DeadLetter,
     HistoryEntry,
     OutboxEntry,
+    StorageError,
     StoreCounts,
     fold_collapsed_count,
 )
@@ -131,7 +132,10 @@ class SQLiteStore:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, self._db)
+        except sqlite3.Error as exc:
+            raise StorageError(f"database: {exc}") from exc
 
     async def _write(self, op: Callable[[sqlite3.Connection], T], release: Sequence[Chain] = ()) -> T:
         if self._closed:
@@ -172,6 +176,9 @@ class SQLiteStore:
                 db.execute("SAVEPOINT write")
                 try:
                     outcomes.append((True, write.op(db)))
+                except sqlite3.Error as exc:
+                    db.execute("ROLLBACK TO write")
+                    outcomes.append((False, StorageError(f"database: {exc}")))
                 except Exception as exc:
                     db.execute("ROLLBACK TO write")
                     outcomes.append((False, exc))
@@ -181,7 +188,7 @@ class SQLiteStore:
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            outcomes = [(False, exc)] * len(batch)
+            outcomes = [(False, StorageError(f"database: {exc}"))] * len(batch)
         finally:
             for write in batch:  # ended leases end even when the write failed: the row is retried
                 self._leases.difference_update(write.release)
