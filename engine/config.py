@@ -34,6 +34,8 @@ class PagerDutyConfig:
 class IngestConfig:
     tokens_file: str | None = None
     max_body: int = 10 * 1024 * 1024
+    max_events: int = 10_000  # events in one request
+    max_notifications: int = 20_000  # pages the matches of one request may cause
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def _build(doc: Document) -> Config:
         ingest=IngestConfig(
             tokens_file=path(ingest["tokens_file"]) if "tokens_file" in ingest else None,
             max_body=parse_size(ingest.get("max_body", "10MiB")),
+            max_events=ingest.get("max_events", IngestConfig.max_events),
+            max_notifications=ingest.get("max_notifications", IngestConfig.max_notifications),
         ),
         log_format=log.get("format"),
         log_level=log.get("level", "info"),

@@ -28,7 +28,7 @@ from watchfiles import awatch
 from engine.config import Config
 from engine.decide import tick
 from engine.deliver import Deliverer
-from engine.intake import Accepted, Intake
+from engine.intake import Accepted, Intake, Step
 from engine.logs import Redactor
 from engine.metrics import Registry
 from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve, test_page
@@ -42,6 +42,7 @@ from engine.silences import parse_silence, restore_silence
 from engine.sources.sentry import SentryEvent
 from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
+from engine.store import StorageError
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
 
@@ -50,6 +51,9 @@ log = logging.getLogger("alert_engine.daemon")
 HOST = os.uname().nodename
 HISTORY_PRUNE_INTERVAL = 3600.0
 TICK_INTERVAL = 1.0  # timed work (resolve-after, absent, mute ends) fires within this of its due time
+STORAGE_CHECK_INTERVAL = 2.0  # how often the database's health is looked at (and a recovery noticed)
+STORAGE_TIMEOUT = 2.0  # seconds the database has to answer a health check
+STORAGE_KEY = "alert-engine/storage"
 
 
 class Daemon:
@@ -82,6 +86,7 @@ class Daemon:
         self._reloads_covered = 0
         self._reload_alert_open = False
         self._last_silence = 0
+        self._storage_problem: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self.scheduler = AsyncIOScheduler(timezone=UTC)
@@ -117,7 +122,8 @@ class Daemon:
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
             on_dead_letter=self._dead_lettered,
         )
-        self.intake = Intake(self.store, await self._load_state(), self.deliverer.notify, self.metrics)
+        self.intake = Intake(self.store, await self._load_state(), self.deliverer.notify, self.metrics,
+                             max_notifications=self.config.ingest.max_notifications, guard=self._writable)
         await self.deliverer.start()
         counts = await self.store.counts()
         if counts.outbox:
@@ -131,6 +137,8 @@ class Daemon:
             await self._resolve_self_alert(RELOAD_FAILED_KEY)  # a restart with good rules ends that alert
         self.scheduler.add_job(self._tick, "interval", seconds=TICK_INTERVAL, id="tick", max_instances=1,
                                coalesce=True, misfire_grace_time=None)
+        self.scheduler.add_job(self._watch_storage, "interval", seconds=STORAGE_CHECK_INTERVAL, id="storage",
+                               max_instances=1, coalesce=True)
         self.scheduler.add_job(self._prune_history, "interval", seconds=HISTORY_PRUNE_INTERVAL, id="prune",
                                next_run_time=datetime.now(UTC), max_instances=1, coalesce=True)
         self.scheduler.start()
@@ -194,13 +202,13 @@ class Daemon:
                 self._drained.set()
 
     async def accept(self, events: list[dict[str, Any]]) -> Accepted:
-        return await self.intake.accept(self.ruleset, events, time.time())
+        return await self.intake.accept(self.ruleset, events)
 
     async def accept_sentry(self, webhook: SentryEvent) -> dict[str, Any]:
         """A verified Sentry webhook: its event goes through the rules, its resolve through the state."""
         log.info("%s", webhook.describe())
         if webhook.resolves is not None:
-            return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves, time.time())}
+            return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves)}
         if webhook.event is None:
             return {"accepted": 0, "matched": 0, "notifications": 0}
         accepted = await self.accept([webhook.event])
@@ -242,7 +250,8 @@ class Daemon:
             self._reload_alert_open = True
             return self.last_reload
         self._swap(loaded, now)
-        await self.intake.enqueue([], now, self.intake.state.changes())  # the state of removed rules goes
+        with contextlib.suppress(StorageError):  # kept in memory; the next commit that works stores it
+            await self.intake.submit(self._retain(result.ruleset))
         self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         self._reloads.inc(result="success")
@@ -272,7 +281,13 @@ class Daemon:
             gone = sorted({r.name for r in old.rules} - {r.name for r in ruleset.rules})
             if gone:
                 log.info("rules removed by this reload: %s", ", ".join(gone))
-                self._report_dropped(self.intake.state.retain({r.name for r in ruleset.rules}))
+
+    def _retain(self, ruleset: RuleSet) -> Step:
+        """The step that lets go of the state of rules `ruleset` no longer has."""
+        def step(now: float) -> Iterator[list[Notification]]:
+            self._report_dropped(self.intake.state.retain({r.name for r in ruleset.rules}))
+            yield []
+        return step
 
     async def _watch_rules(self) -> None:
         """Reload when anything under the rules paths changes (inotify via watchfiles, debounced)."""
@@ -286,6 +301,11 @@ class Daemon:
             log.exception("watching the rules stopped; reload with SIGHUP or POST /-/reload")
 
     # -- self-alerts and test pages -------------------------------------------------------------------
+
+    def _writable(self) -> None:
+        """Checked before every commit of decisions: nothing is acknowledged into a deleted file."""
+        if lost := self.store.lost():
+            raise StorageError(lost)
 
     def _self_alert_services(self) -> list[Service]:
         return [self.ruleset.services[s] for s in self.config.self_alert_services]
@@ -322,16 +342,49 @@ class Daemon:
     # -- views for the API ----------------------------------------------------------------------------
 
     async def readiness_problems(self) -> list[str]:
+        """Why this daemon should not get events now (`/readyz`); empty when it should."""
+        problems = ["shutting down"] if self.stopping else []
+        return problems + await self._health_problems()
+
+    async def _health_problems(self) -> list[str]:
+        """What keeps events from being stored: the watchdog pings only while there is none."""
         problems = []
-        if self.stopping:
-            problems.append("shutting down")
-        try:
-            await self.store.counts()
-        except Exception as exc:
-            problems.append(f"database not readable: {exc}")
+        if self.intake.state.poisoned:
+            problems.append(self.intake.state.poisoned)
+        if self.store.problem() and not self.store.lost():
+            with contextlib.suppress(StorageError, TimeoutError):  # back again? one tiny write says so
+                await asyncio.wait_for(self.store.probe(), STORAGE_TIMEOUT)
+        if problem := self.store.problem():
+            problems.append(f"storage: {problem}")
+        else:
+            try:
+                await asyncio.wait_for(self.store.counts(), STORAGE_TIMEOUT)
+            except TimeoutError:
+                problems.append(f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s")
+            except StorageError as exc:
+                problems.append(f"storage: {exc}")
         if not os.access(self.config.state_dir, os.W_OK):
             problems.append(f"state_dir {self.config.state_dir} is not writable")
         return problems
+
+    async def _watch_storage(self) -> None:
+        """Notice the database failing or coming back: one log line for each change, the status line,
+        and a self-alert when its file is gone (pages still go out from the open file until a restart)."""
+        problems = await self._health_problems()
+        problem = "; ".join(problems) or None
+        if problem == self._storage_problem:
+            return
+        self._storage_problem = problem
+        if problem is None:
+            log.info("storage works again: accepting events")
+            self.notifier.status(f"serving {len(self.ruleset.rules)} rules")
+            await self._resolve_self_alert(STORAGE_KEY)
+            return
+        log.error("%s: events are refused with 503 until this is fixed", problem)
+        self.notifier.status(f"not ready: {problem}")
+        with contextlib.suppress(StorageError):  # a page can be queued only while the open file takes writes
+            await self._raise_self_alert(STORAGE_KEY, f"alert-engine on {HOST} cannot store events: {problem}",
+                                         {"problem": problem, "state_dir": self.config.state_dir})
 
     async def metrics_text(self) -> str:
         counts = await self.store.counts()
@@ -394,10 +447,11 @@ class Daemon:
 
     async def _tick(self) -> None:
         """Timed work on the current rule set: resolves after silence, absences, mute ends, expiries."""
-        now = time.time()
-        state = self.intake.state
-        notifications = tick(self.ruleset, state, now)
-        await self.intake.enqueue(notifications, now, state.changes())
+        ruleset = self.ruleset
+        try:
+            await self.intake.submit(lambda now: iter([tick(ruleset, self.intake.state, now)]))
+        except StorageError as exc:
+            log.error("timed work not stored, tried again in %gs: %s", TICK_INTERVAL, exc)
 
     async def _prune_history(self) -> None:
         gone = await self.store.prune_history(now=time.time(), retention=self.config.history_retention)
@@ -409,32 +463,41 @@ class Daemon:
     async def add_silence(self, body: Any) -> Silence:
         """A new silence from an API body (raises SilenceError); stored before it is answered."""
         state = self.intake.state
-        now = time.time()
-        silence = parse_silence(body, ident=max(state.silences, default=self._last_silence) + 1, now=now)
-        self._last_silence = silence.id
-        state.touch_silence(silence)
-        await self.intake.enqueue([], now, state.changes())
+        silence = parse_silence(body, ident=0, now=time.time())
+
+        def step(now: float) -> Iterator[list[Notification]]:
+            silence.id = self._last_silence = max(state.silences, default=self._last_silence) + 1
+            state.touch_silence(silence)
+            yield []
+
+        await self.intake.submit(step)
         log.info("silence %d added until %s by %r: %s", silence.id, iso_seconds(silence.until), silence.created_by,
                  silence.comment)
         return silence
 
     async def expire_silence(self, ident: int) -> Silence | None:
         state = self.intake.state
-        silence = state.silences.get(ident)
-        if silence is None:
+        if ident not in state.silences:
             return None
-        now = time.time()
-        silence.until = min(silence.until, now)
-        state.touch_silence(silence)
-        await self.intake.enqueue([], now, state.changes())
+
+        def step(now: float) -> Iterator[list[Notification]]:
+            silence = state.silences.get(ident)
+            if silence is not None:
+                silence.until = min(silence.until, now)
+                state.touch_silence(silence)
+            yield []
+
+        await self.intake.submit(step)
         log.info("silence %d expired", ident)
-        return silence
+        return state.silences.get(ident)
 
     async def _watchdog(self) -> None:
+        """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit."""
         interval = self.notifier.watchdog_interval
         assert interval
         while True:
-            self.notifier.watchdog()
+            if not await self._health_problems():
+                self.notifier.watchdog()
             await asyncio.sleep(interval)
 
 

@@ -1,23 +1,50 @@
-"""Events -> matches -> decisions -> the outbox, acknowledged only once durable.
+"""Events -> decisions -> the outbox, acknowledged only once durable; the one writer of the alert state.
 
-The request is all or nothing: every notification of every event in it goes to the outbox in one
-`enqueue`, together with the state changes that decided them (one transaction, shared with concurrent
-requests by the store's group commit). Deciding and taking the state changes happen with no await in
-between, so one request's changes never travel with another's notifications.
+Every change to the alert state (an event's decisions, a Sentry resolve, the timed work of the tick, a
+silence, the state a reload lets go) is a *step*: it updates the `State` in place and yields the
+notifications it causes, one event at a time. Steps run in batches, one batch at a time: the steps queued
+while the previous batch was committing run together, in arrival order, and their notifications and state
+changes go to the store in one `enqueue` (one transaction: group commit).
+
+When that commit fails, the state of every group and silence the batch touched is read back from the
+store, so the state is again exactly what the last successful commit left (no throttle set by a trigger
+that was never stored, no threshold count consumed by it), and every step of the batch fails with
+`StorageError` (the client gets 503 and may retry). A batch starts only once the previous one is committed
+or rolled back, so a rollback never undoes a decision somebody was already told about.
+
+A long batch yields to the event loop every few milliseconds, so `/healthz` and other requests are
+answered while a large request is being decided. Requests are bounded up front: `RequestTooLarge` for a
+request whose matches could cause more than `max_notifications` notifications, decided before anything
+changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from engine.decide import decide, resolve_key
 from engine.metrics import Registry
 from engine.render import Notification
-from engine.rules.ruleset import RuleSet
+from engine.rules.ruleset import Match, RuleSet
+from engine.silences import restore_silence
 from engine.state import State, StateChanges
-from engine.store import Store
+from engine.store import StorageError, Store
+
+log = logging.getLogger("alert_engine.intake")
+
+YIELD_EVERY = 0.005  # seconds of deciding (or matching) between two turns given back to the event loop
+
+# A step: given `now`, update the state and yield the notifications of each unit of work (an event).
+Step = Callable[[float], Iterator[Sequence[Notification]]]
+
+
+class RequestTooLarge(ValueError):
+    """A request that would cause more notifications than allowed: answer 413; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -27,45 +54,153 @@ class Accepted:
     notifications: int  # notifications committed to the outbox
 
 
-class Intake:
-    """Turns accepted events into committed notifications and wakes delivery."""
+@dataclass
+class _Queued:
+    step: Step
+    future: asyncio.Future[list[Notification]]
+    notifications: list[Notification] = field(default_factory=list)
 
-    def __init__(self, store: Store, state: State, wake: Callable[[], None], metrics: Registry) -> None:
+
+class Intake:
+    """Runs steps against the state, commits what they decide, and wakes delivery.
+
+    `guard()` is called before every commit and raises `StorageError` when the store must not be
+    written (the database file was deleted); `clock` gives `now` for each batch.
+    """
+
+    def __init__(self, store: Store, state: State, wake: Callable[[], None], metrics: Registry, *,
+                 max_notifications: int = 20_000, guard: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self.state = state
         self._wake = wake
+        self._guard = guard
+        self._clock = clock
+        self.max_notifications = max_notifications
+        self._queue: list[_Queued] = []
+        self._runner: asyncio.Task[None] | None = None
         self._received = metrics.counter("alert_engine_events_received_total", "Events accepted by the API.")
         self._matched = metrics.counter("alert_engine_events_matched_total",
                                         "Events that matched at least one rule.")
         self._enqueued = metrics.counter("alert_engine_notifications_enqueued_total",
                                          "Notifications committed to the outbox.", ["service"])
+        self._rollbacks = metrics.counter("alert_engine_state_rollbacks_total",
+                                          "Batches of decisions undone because their commit failed.")
 
-    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float) -> Accepted:
+    # -- what callers submit --------------------------------------------------------------------------
+
+    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]]) -> Accepted:
         """Match and decide every event on `ruleset`, commit the notifications, then wake delivery."""
-        matched = 0
-        notifications: list[Notification] = []
-        for event in events:
-            matches = ruleset.match(event)
-            matched += bool(matches)
-            notifications += decide(ruleset, self.state, event, now, matches)
-        await self.enqueue(notifications, now, self.state.changes())
+        matches = await self._match(ruleset, events)
+
+        def step(now: float) -> Iterator[list[Notification]]:
+            for event, matched in zip(events, matches, strict=True):
+                yield decide(ruleset, self.state, event, now, matched)
+
+        notifications = await self.submit(step)
+        matched = sum(1 for m in matches if m)
         self._received.inc(len(events))
         self._matched.inc(matched)
         return Accepted(len(events), matched, len(notifications))
 
-    async def resolve(self, ruleset: RuleSet, dedup_key: str, now: float) -> int:
+    async def resolve(self, ruleset: RuleSet, dedup_key: str) -> int:
         """Resolve the open alert(s) with this dedup key on every service paged; how many resolves."""
-        notifications = resolve_key(ruleset, self.state, dedup_key)
-        await self.enqueue(notifications, now, self.state.changes())
-        return len(notifications)
+        return len(await self.submit(lambda now: iter([resolve_key(ruleset, self.state, dedup_key)])))
 
-    async def enqueue(self, notifications: Sequence[Notification], now: float,
-                      changes: StateChanges | None = None) -> None:
-        """Commit notifications (from events, timed work, self-alerts, test pages) with the state
-        changes behind them, and wake delivery."""
-        if not notifications and not changes:
+    async def submit(self, step: Step) -> list[Notification]:
+        """Run `step` in the next batch; its notifications once they are committed with its state changes.
+        Raises StorageError (nothing of the step remains) when the commit fails."""
+        loop = asyncio.get_running_loop()
+        queued = _Queued(step, loop.create_future())
+        self._queue.append(queued)
+        if self._runner is None or self._runner.done():
+            self._runner = loop.create_task(self._run(), name="alert-engine-intake")
+        return await asyncio.shield(queued.future)
+
+    async def enqueue(self, notifications: Sequence[Notification], now: float) -> None:
+        """Commit notifications that change no alert state (self-alerts, test pages), due at `now`."""
+        if not notifications:
             return
-        await self._store.enqueue(notifications, now=now, state=changes)
+        await self._store.enqueue(notifications, now=now)
+        self._committed(notifications)
+
+    # -- the batches ----------------------------------------------------------------------------------
+
+    async def _match(self, ruleset: RuleSet, events: Sequence[dict[str, Any]]) -> list[list[Match]]:
+        """Every event's matches, giving the loop a turn now and then; RequestTooLarge past the limit."""
+        matches: list[list[Match]] = []
+        pages = 0
+        turn = time.perf_counter()
+        for event in events:
+            found = ruleset.match(event)
+            matches.append(found)
+            pages += sum(len(m.rule.services) for m in found)
+            if time.perf_counter() - turn > YIELD_EVERY:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
+        if pages > self.max_notifications:
+            raise RequestTooLarge(f"the request's events match rules that would page {pages} times, more than "
+                                  f"ingest.max_notifications ({self.max_notifications}); send smaller batches")
+        return matches
+
+    async def _run(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Queued]) -> None:
+        now = self._clock()
+        failed: BaseException | None = None
+        turn = time.perf_counter()
+        for i, queued in enumerate(batch):
+            try:
+                for notifications in queued.step(now):
+                    queued.notifications += notifications
+                    if time.perf_counter() - turn > YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        turn = time.perf_counter()
+            except Exception as exc:  # a bug in deciding: undo the batch, fail this step, redo the others
+                log.exception("deciding failed; the batch is undone and its other requests decided again")
+                await self._rollback(self.state.changes(), exc)
+                queued.future.set_exception(exc)
+                self._queue[:0] = [_Queued(q.step, q.future) for j, q in enumerate(batch) if j != i]
+                return
+        changes = self.state.changes()
+        notifications = [n for queued in batch for n in queued.notifications]
+        try:
+            self._guard()
+            await self._store.enqueue(notifications, now=now, state=changes)
+        except StorageError as exc:
+            failed = exc
+        except Exception as exc:
+            log.exception("committing decisions failed")
+            failed = StorageError(f"commit failed: {exc}")
+        if failed is not None:
+            await self._rollback(changes, failed)
+            for queued in batch:
+                queued.future.set_exception(failed)
+            return
+        self._committed(notifications)
+        for queued in batch:
+            queued.future.set_result(queued.notifications)
+
+    async def _rollback(self, changes: StateChanges, cause: BaseException) -> None:
+        """Put the groups and silences `changes` touched back to what the store holds."""
+        self._rollbacks.inc()
+        groups = sorted({(rule, key) for rule, key, _ in changes.upserts} | set(changes.deletes))
+        silence_ids = sorted({i for i, _ in changes.silences} | set(changes.silence_deletes))
+        try:
+            rows, silence_rows = await self._store.load_state(groups=groups, silences=silence_ids)
+        except StorageError as exc:
+            # the store can be neither written nor read: the state cannot be proven right any more
+            self.state.poisoned = f"after a failed commit ({cause}), the state could not be read back: {exc}"
+            log.critical("%s; restart the daemon", self.state.poisoned)
+            return
+        self.state.replace(groups, rows, silence_ids, [restore_silence(text) for _, text in silence_rows])
+        log.warning("a commit failed (%s): %d alert group(s) and %d silence(s) put back as stored", cause,
+                    len(groups), len(silence_ids))
+
+    def _committed(self, notifications: Sequence[Notification]) -> None:
         for n in notifications:
             self._enqueued.inc(service=n.service)
         if notifications:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.intake import RequestTooLarge
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
@@ -120,7 +121,14 @@ async def post_events(request: web.Request) -> web.Response:
             events = parse_events(body, ndjson=ctype in NDJSON_TYPES)
         except EventError as exc:
             return error(400, exc.message, **({"index": exc.index} if exc.index is not None else {}))
-        accepted = await daemon.accept(events)
+        limit = daemon.config.ingest.max_events
+        if len(events) > limit:
+            return error(413, f"{len(events)} events in one request, more than ingest.max_events ({limit}); "
+                         "send smaller batches")
+        try:
+            accepted = await daemon.accept(events)
+        except RequestTooLarge as exc:
+            return error(413, str(exc))
     return web.json_response({"accepted": accepted.accepted, "matched": accepted.matched,
                               "notifications": accepted.notifications}, status=202)
 

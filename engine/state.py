@@ -1,8 +1,9 @@
 """The engine's memory between events: per-(rule, alert) groups and silences, and their stored form.
 
-`engine.decide` reads and updates a `State` in place and marks what it touched; the daemon writes
-those changes in the same transaction as the notifications they caused (`StateChanges`), so a
-restart resumes exactly where the last acknowledged event left off.
+`engine.decide` reads and updates a `State` in place and marks what it touched (every group it changes
+is touched before the step ends); `engine.intake` writes those changes in the same transaction as the
+notifications they caused (`StateChanges`), so a restart resumes exactly where the last acknowledged
+event left off, and puts the touched groups back as stored (`replace`) when that transaction fails.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class State:
         self.groups: dict[str, dict[str, Group]] = {}
         self.silences: dict[int, Silence] = {}
         self.started = started  # absent clocks never run from before this (no false "absent" at start-up)
+        self.poisoned: str | None = None  # why the state can no longer be trusted (a rollback that failed)
         self._dirty: set[tuple[str, str]] = set()
         self._deleted: set[tuple[str, str]] = set()
         self._dirty_silences: set[int] = set()
@@ -155,3 +157,18 @@ class State:
             if g.last_seen is not None and g.last_seen < self.started:
                 g.last_seen = self.started
             self.groups.setdefault(rule, {})[key] = g
+
+    def replace(self, keys: list[tuple[str, str]], groups: list[tuple[str, str, str]], silence_ids: list[int],
+                silences: list[Silence]) -> None:
+        """Put these groups and silences back as stored (`groups`, `silences`: the stored ones among
+        them; the others do not exist), after a failed commit. Nothing is marked changed."""
+        for rule, key in keys:
+            by_key = self.groups.get(rule, {})
+            by_key.pop(key, None)
+            if not by_key:
+                self.groups.pop(rule, None)
+        self.restore(groups)
+        for ident in silence_ids:
+            self.silences.pop(ident, None)
+        for silence in silences:
+            self.silences[silence.id] = silence

@@ -1,13 +1,17 @@
-"""Shared fixtures: a fake PagerDuty on 127.0.0.1, and a maker of Notification objects."""
+"""Shared fixtures: a fake PagerDuty on 127.0.0.1, a maker of Notification objects, a tmpfs to fill."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import os
+import shutil
+import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -206,3 +210,54 @@ def make_notification(
 def notification() -> Callable[..., Notification]:
     """`notification(service=..., dedup_key=..., action=..., api=...)` -> a Notification."""
     return make_notification
+
+
+STRICT_ENV = "ALERT_ENGINE_TESTS_STRICT"  # set by .ci/run: a test that would skip for a missing part fails
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip with a visible reason, or fail where every real part must be there (CI)."""
+    if os.environ.get(STRICT_ENV):
+        pytest.fail(f"{reason} (and {STRICT_ENV} is set: every test must run)")
+    pytest.skip(reason)
+
+
+class Tmpfs:
+    """A small tmpfs of the test's own, to fill up and free again. (Linux refuses to remount a file
+    system read-only while a file on it is open for writing, so a database cannot be made read-only
+    under a running daemon this way.)"""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte: the next write that needs a new block fails with ENOSPC."""
+        with self.filler.open("ab", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+
+    def free(self) -> None:
+        """Give back what `fill` took, and room to grow (resizing is allowed while files are open)."""
+        self.filler.unlink(missing_ok=True)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(self.path)], check=True, capture_output=True)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
+    """A 512 KiB tmpfs at tmp_path/tmpfs (needs root and mount(8)); unmounted at the end."""
+    path = tmp_path / "tmpfs"
+    path.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        skip_or_fail("mounting a tmpfs needs root and mount(8)")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        skip_or_fail(f"cannot mount a tmpfs: {done.stderr.strip()}")
+    try:
+        yield Tmpfs(path)
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -112,8 +112,24 @@ class Store(Protocol):
         changes that caused them; their ids, in order."""
         ...
 
-    async def load_state(self) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
-        """The stored alert groups (rule, key, json) and silences (id, json)."""
+    async def load_state(
+        self, *, groups: Sequence[tuple[str, str]] | None = None, silences: Sequence[int] | None = None
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+        """The stored alert groups (rule, key, json) and silences (id, json): all of them, or those of the
+        given (rule, key)s and ids that exist."""
+        ...
+
+    def lost(self) -> str | None:
+        """Why what is written now would not be found again (the database file was deleted or replaced
+        while open), or None. Nothing may be acknowledged as stored while this holds. Cheap: a stat."""
+        ...
+
+    def problem(self) -> str | None:
+        """Why the store cannot take writes now (`lost`, or the last write failed), or None. Cheap."""
+        ...
+
+    async def probe(self) -> None:
+        """A tiny write transaction: StorageError unless the database takes writes now."""
         ...
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:

@@ -10,9 +10,11 @@ that thread: nothing about them is persisted, so on open everything in the outbo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +83,7 @@ CREATE TABLE IF NOT EXISTS alert_state (
     rule TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, key)
 );
 CREATE TABLE IF NOT EXISTS silences (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
@@ -107,9 +110,13 @@ class _Write:
 class SQLiteStore:
     """The outbox, history and dead letters in one SQLite database. Build it with `await open(path)`."""
 
-    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor) -> None:
+    def __init__(self, connection: sqlite3.Connection, executor: ThreadPoolExecutor, path: Path) -> None:
         self._db = connection
         self._executor = executor
+        self._path = path
+        opened = os.stat(path)
+        self._identity = (opened.st_dev, opened.st_ino)  # the file we hold open: deleted or replaced is a problem
+        self._write_problem: str | None = None  # the last write's failure, until a write succeeds
         self._leases: set[Chain] = set()  # touched on the database thread only
         self._writes: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -125,7 +132,7 @@ class SQLiteStore:
         except BaseException:
             executor.shutdown(wait=False)
             raise
-        return cls(connection, executor)
+        return cls(connection, executor, Path(path))
 
     # -- the machinery: one thread, queued writes committed in groups --------------------------------
 
@@ -170,6 +177,7 @@ class SQLiteStore:
         """On the database thread: the batch in one transaction, each write in its own savepoint."""
         db = self._db
         outcomes: list[tuple[bool, Any]] = []
+        problem = None
         try:
             db.execute("BEGIN IMMEDIATE")
             for write in batch:
@@ -178,7 +186,8 @@ class SQLiteStore:
                     outcomes.append((True, write.op(db)))
                 except sqlite3.Error as exc:
                     db.execute("ROLLBACK TO write")
-                    outcomes.append((False, StorageError(f"database: {exc}")))
+                    problem = f"database: {exc}"
+                    outcomes.append((False, StorageError(problem)))
                 except Exception as exc:
                     db.execute("ROLLBACK TO write")
                     outcomes.append((False, exc))
@@ -187,9 +196,12 @@ class SQLiteStore:
             self.commits += 1
         except sqlite3.Error as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
-            outcomes = [(False, StorageError(f"database: {exc}"))] * len(batch)
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            problem = f"database: {exc}"
+            outcomes = [(False, StorageError(problem))] * len(batch)
         finally:
+            self._write_problem = problem
             for write in batch:  # ended leases end even when the write failed: the row is retried
                 self._leases.difference_update(write.release)
         return outcomes
@@ -413,13 +425,38 @@ class SQLiteStore:
 
         return await self._write(purge)
 
-    async def load_state(self) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+    async def load_state(
+        self, *, groups: Sequence[tuple[str, str]] | None = None, silences: Sequence[int] | None = None
+    ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
         def select(db: sqlite3.Connection) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
-            groups = db.execute("SELECT rule, key, data FROM alert_state ORDER BY rule, key").fetchall()
-            silences = db.execute("SELECT id, data FROM silences ORDER BY id").fetchall()
-            return groups, silences
+            if groups is None:
+                found = db.execute("SELECT rule, key, data FROM alert_state ORDER BY rule, key").fetchall()
+            else:
+                query = "SELECT rule, key, data FROM alert_state WHERE rule = ? AND key = ?"
+                found = [row for g in groups for row in db.execute(query, g)]
+            if silences is None:
+                kept = db.execute("SELECT id, data FROM silences ORDER BY id").fetchall()
+            else:
+                kept = [row for i in silences for row in db.execute("SELECT id, data FROM silences WHERE id = ?", (i,))]
+            return found, kept
 
         return await self._read(select)
+
+    def problem(self) -> str | None:
+        return self.lost() or self._write_problem
+
+    def lost(self) -> str | None:
+        try:
+            now_there = os.stat(self._path)
+        except OSError as exc:
+            return f"database file {self._path} is gone ({exc.strerror}): restart alert-engine to recreate it"
+        if (now_there.st_dev, now_there.st_ino) != self._identity:
+            return f"database file {self._path} was replaced while open: restart alert-engine to use it"
+        return None
+
+    async def probe(self) -> None:
+        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)",
+                                                (time.time(),)))
 
     async def counts(self) -> StoreCounts:
         def count(db: sqlite3.Connection) -> StoreCounts:
