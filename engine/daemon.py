@@ -25,7 +25,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
-from engine.config import Config
+from engine.config import ApiTokens, Config
 from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake
@@ -64,7 +64,7 @@ class Daemon:
         self.metrics = Registry()
         self.notifier = Notifier.from_env()
         self.stopping = False
-        self.tokens: frozenset[str] = frozenset()
+        self.tokens: ApiTokens | None = None
         self.sentry_secrets: frozenset[str] = frozenset()
         self.sentry_replays = ReplayGuard(config.sentry.max_age if config.sentry else 300.0)
         self.ruleset: RuleSet
@@ -103,10 +103,10 @@ class Daemon:
         result = loaded.result
         if loaded.errors or result.ruleset is None:
             raise StartupError(loaded.errors)
-        for warning in result.warnings:
+        for warning in loaded.warnings:
             log.warning("%s", warning)
         self._swap(loaded, time.time())
-        self.last_reload = ReloadResult(True, time.time(), warnings=tuple(map(str, result.warnings)),
+        self.last_reload = ReloadResult(True, time.time(), warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         self.store = await SQLiteStore.open(self.config.database)
@@ -231,7 +231,7 @@ class Daemon:
         if errors or result.ruleset is None:
             for message in errors:
                 log.error("reload failed: %s", message)
-            self.last_reload = ReloadResult(False, now, tuple(errors), tuple(map(str, result.warnings)),
+            self.last_reload = ReloadResult(False, now, tuple(errors), tuple(loaded.warnings),
                                             self.last_reload.sha256, len(self.ruleset.rules))
             self._reload_success.set(0)
             self._reloads.inc(result="failure")
@@ -243,7 +243,7 @@ class Daemon:
             return self.last_reload
         self._swap(loaded, now)
         await self.intake.enqueue([], now, self.intake.state.changes())  # the state of removed rules goes
-        self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
+        self.last_reload = ReloadResult(True, now, warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         self._reloads.inc(result="success")
         log.info("reloaded %d rules in %.3fs (sha256 %s)", len(result.ruleset.rules),
@@ -257,7 +257,8 @@ class Daemon:
         ruleset = loaded.result.ruleset
         assert ruleset is not None
         old = getattr(self, "ruleset", None)
-        self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets])
+        self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets,
+                                   *(loaded.tokens.secrets if loaded.tokens else ())])
         self.ruleset = ruleset  # the one reference every new request reads
         self.loaded_at = now
         self.tokens = loaded.tokens
