@@ -51,7 +51,7 @@ http://127.0.0.1:9595) and, when the daemon has a tokens file, --token (default 
 a token with the read scope to list (history, list), admin to change anything (admin includes read).
 
 exit status: 0 ok, 1 invalid rules / failed tests / bad events / API error, 2 usage error or
-daemon not started (invalid config or rules)
+daemon not started (invalid config or rules, state dir in use, port in use, database unusable)
 """
 
 
@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon",
                          description="Run the daemon: POST /v1/events, match, page every listed PagerDuty "
                          "service through the durable outbox. SIGHUP reloads the rules; SIGTERM drains "
-                         "and exits. Invalid config or rules: every error printed, exit 2.")
+                         "and exits. Invalid config or rules: every error printed, exit 2. One daemon per "
+                         "state_dir (it is locked); a state dir in use, a port in use or a database that "
+                         "cannot be opened: one line, exit 2.")
     run.add_argument("--config", default=None, metavar="FILE",
                      help=f"engine.yaml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     run.add_argument("--dry-run", action="store_true",

@@ -41,7 +41,9 @@ from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
 from engine.sources.sentry import SentryEvent
 from engine.sources.sentry_auth import ReplayGuard
+from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
+from engine.store import StorageError
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
 
@@ -84,6 +86,7 @@ class Daemon:
         self._last_silence = 0
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
+        self._lock: int | None = None  # the state dir's lock file, held while running
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         m = self.metrics
         self._reload_success = m.gauge("alert_engine_reload_success", "1 if the last reload succeeded, else 0.")
@@ -98,7 +101,8 @@ class Daemon:
     # -- start and stop -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load everything, resume delivery, serve; raises StartupError when the rules are invalid."""
+        """Load everything, resume delivery, serve. Raises StartupError when the rules are invalid, the state
+        dir is another daemon's, the port is taken, or the database cannot be opened."""
         loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
         result = loaded.result
         if loaded.errors or result.ruleset is None:
@@ -108,8 +112,12 @@ class Daemon:
         self._swap(loaded, time.time())
         self.last_reload = ReloadResult(True, time.time(), warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
-        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
-        self.store = await SQLiteStore.open(self.config.database)
+        self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
+        sockets = listen(self.config.host, self.config.port)  # before the database is touched
+        try:
+            self.store = await SQLiteStore.open(self.config.database)
+        except StorageError as exc:
+            raise StartupError([str(exc)]) from None
         pd = self.config.pagerduty
         self.deliverer = Deliverer(
             self.store, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
@@ -125,8 +133,8 @@ class Daemon:
         self._runner = web.AppRunner(make_app(self, self.config.ingest.max_body), access_log=None,
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(self._runner, sock).start()
         if self.config.self_alert_services:
             await self._resolve_self_alert(RELOAD_FAILED_KEY)  # a restart with good rules ends that alert
         self.scheduler.add_job(self._tick, "interval", seconds=TICK_INTERVAL, id="tick", max_instances=1,
@@ -177,6 +185,8 @@ class Daemon:
             await self._runner.cleanup()
         counts = await self.store.counts()
         await self.store.close()
+        if self._lock is not None:
+            unlock(self._lock)
         log.info("stopped; %d notification(s) left in the outbox for the next start", counts.outbox)
 
     # -- events ---------------------------------------------------------------------------------------
@@ -447,6 +457,9 @@ async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> i
     try:
         await daemon.start()
     except StartupError as exc:
+        if len(exc.messages) == 1:  # one line: a lock held, a port in use, a database that cannot be opened
+            print(f"alert-engine: not started: {exc.messages[0]}", file=sys.stderr)
+            return 2
         for message in exc.messages:
             print(message, file=sys.stderr)
         print(f"alert-engine: not started: {len(exc.messages)} error(s)", file=sys.stderr)
