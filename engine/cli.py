@@ -47,10 +47,11 @@ commands:
   import        turn a Sentry PagerDuty plugin configuration into a rule file (import sentry-plugin)
 
 the commands that talk to a running daemon use --api (default $ALERT_ENGINE_API or
-http://127.0.0.1:9595) and --token (default $ALERT_ENGINE_TOKEN) when ingest tokens are set.
+http://127.0.0.1:9595) and, when the daemon has a tokens file, --token (default $ALERT_ENGINE_TOKEN):
+a token with the read scope to list (history, list), admin to change anything (admin includes read).
 
 exit status: 0 ok, 1 invalid rules / failed tests / bad events / API error, 2 usage error or
-daemon not started (invalid config or rules)
+daemon not started (invalid config or rules, state dir in use, port in use, database unusable)
 """
 
 
@@ -67,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon",
                          description="Run the daemon: POST /v1/events, match, page every listed PagerDuty "
                          "service through the durable outbox. SIGHUP reloads the rules; SIGTERM drains "
-                         "and exits. Invalid config or rules: every error printed, exit 2.")
+                         "and exits. Invalid config or rules: every error printed, exit 2. One daemon per "
+                         "state_dir (it is locked); a state dir in use, a port in use or a database that "
+                         "cannot be opened: one line, exit 2.")
     run.add_argument("--config", default=None, metavar="FILE",
                      help=f"engine.yaml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     run.add_argument("--dry-run", action="store_true",
@@ -82,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("paths", nargs="*", metavar="PATH", help="rule file or directory")
     check.add_argument("--config", metavar="FILE", help="check this engine.yaml and its rules too")
     check.add_argument("--allow-missing-secrets", action="store_true",
-                       help="report a missing key variable or key file as a warning (for CI without secrets)")
+                       help="report a missing key variable, key file, tokens file or Sentry secret file as a "
+                       "warning (for CI without secrets)")
     check.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", help="show the notifications events would cause, offline",
@@ -107,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--api", default=os.environ.get("ALERT_ENGINE_API", DEFAULT_API),
                      help="the daemon's HTTP API (default: $ALERT_ENGINE_API or %(default)s)")
     api.add_argument("--token", default=os.environ.get("ALERT_ENGINE_TOKEN"),
-                     help="bearer token, when the daemon has ingest tokens (default: $ALERT_ENGINE_TOKEN)")
+                     help="bearer token, when the daemon has a tokens file: its scope must be read to list, "
+                     "admin to change anything (default: $ALERT_ENGINE_TOKEN)")
 
     hist = sub.add_parser("history", parents=[api], help="what was paged, and when",
                           description="The notification log of the running daemon, newest first: time, "
@@ -138,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sil_add.add_argument("--match", required=True, help="the condition, as YAML or JSON")
     sil_add.add_argument("--until", required=True, help="an ISO 8601 time with a zone, or a duration (2h)")
     sil_add.add_argument("--comment", default="", help="why (shown in list)")
-    sil_add.add_argument("--created-by", default=os.environ.get("USER", ""), help="who (default: $USER)")
+    sil_add.add_argument("--created-by", default=os.environ.get("USER", ""),
+                         help="who (default: $USER; when empty, the daemon records the token's name)")
     sil_list = sil_sub.add_parser("list", parents=[api], help="list silences (expired ones for a week)")
     sil_list.add_argument("--json", action="store_true", help="print the silences as JSON lines")
     sil_exp = sil_sub.add_parser("expire", parents=[api], help="end silences now")
@@ -220,9 +226,10 @@ def _check_config(args: argparse.Namespace) -> int:
         return 1
     if args.paths:
         config = replace(config, rules=tuple(args.paths))
-    loaded = load_rules(config, dry_run=args.allow_missing_secrets)
+    loaded = load_rules(config, dry_run=args.allow_missing_secrets,
+                        allow_missing_secret_files=args.allow_missing_secrets)
     result, errors = loaded.result, loaded.errors
-    for message in (*errors, *map(str, result.warnings)):
+    for message in (*errors, *loaded.warnings):
         print(message, file=sys.stderr)
     if errors or result.ruleset is None:
         print(f"invalid: {len(errors)} error(s)", file=sys.stderr)
@@ -296,6 +303,8 @@ def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = N
             message = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             message = exc.reason
+        if exc.code == 401 and not args.token:  # the daemon's message names the scope needed
+            message = f"{message}; give a token with --token or $ALERT_ENGINE_TOKEN"
         print(f"alert-engine: {method} {url}: HTTP {exc.code}: {message}", file=sys.stderr)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)

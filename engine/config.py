@@ -1,4 +1,4 @@
-"""engine.yaml -> a frozen Config, validated by schemas/engine.schema.json.
+"""engine.yaml -> a frozen Config, validated by schemas/engine.schema.json; and the secret files it names.
 
 Relative paths (rules, state_dir, tokens_file) are taken relative to the configuration file's directory,
 so a config and its rules can move together. Errors come back located, like rule errors.
@@ -6,6 +6,7 @@ so a config and its rules can move together. Errors come back located, like rule
 
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -36,6 +37,7 @@ class IngestConfig:
     max_body: int = 10 * 1024 * 1024
     max_events: int = 10_000  # events in one request
     max_notifications: int = 20_000  # pages the matches of one request may cause
+    metrics_need_read: bool = False  # GET /metrics needs a token with `read` (only with a tokens file)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,7 @@ def _build(doc: Document) -> Config:
             max_body=parse_size(ingest.get("max_body", "10MiB")),
             max_events=ingest.get("max_events", IngestConfig.max_events),
             max_notifications=ingest.get("max_notifications", IngestConfig.max_notifications),
+            metrics_need_read=ingest.get("metrics_need_read", False),
         ),
         log_format=log.get("format"),
         log_level=log.get("level", "info"),
@@ -126,12 +129,97 @@ def _build(doc: Document) -> Config:
     )
 
 
-def read_secrets(file: str, what: str) -> frozenset[str] | Problem:
-    """Secrets (ingest tokens, Sentry client secrets): one per line; blank lines and lines starting with
-    `#` are ignored. A file holding none is a problem."""
+def read_lines(file: str, what: str) -> list[str] | Problem:
+    """A secrets file's lines; a problem naming the file (never its content) when it cannot be read."""
     try:
-        lines = FsPath(file).read_text("utf-8").splitlines()
+        return FsPath(file).read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         return Problem(file, (), f"cannot read {what} file: {getattr(exc, 'strerror', None) or exc}")
+
+
+def parse_secrets(file: str, lines: list[str], what: str) -> frozenset[str] | Problem:
+    """Secrets (Sentry client secrets): one per line; blank lines and lines starting with `#` are
+    ignored. A file holding none is a problem."""
     secrets = frozenset(t for line in lines if (t := line.strip()) and not t.startswith("#"))
     return secrets or Problem(file, (), f"{what} file holds none")
+
+
+# The scopes an API token can carry. `admin` includes `read`; `events` is on its own.
+EVENTS, READ, ADMIN = "events", "read", "admin"
+SCOPES = (EVENTS, READ, ADMIN)
+BARE_TOKEN_SCOPES = frozenset({EVENTS})  # a line with no scopes, the format before scopes
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One line of the tokens file. The secret is never shown: not in a repr, a log line or an answer."""
+
+    secret: str = field(repr=False)
+    scopes: frozenset[str]
+    name: str  # what logs and a silence's created_by show: given on the line, else `line N`
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or (scope == READ and ADMIN in self.scopes)
+
+
+@dataclass(frozen=True)
+class ApiTokens:
+    """The tokens file as read: every token with its scopes and name, and what is worth a warning."""
+
+    tokens: tuple[ApiToken, ...]
+    warnings: tuple[RuleError, ...] = ()
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(t.secret for t in self.tokens)
+
+    def find(self, given: str) -> ApiToken | None:
+        """The token `given` is, or None: compared with every token in constant time, all of them always."""
+        given_bytes = given.encode("utf-8", "surrogateescape")  # a header's undecodable bytes, as sent
+        found = None
+        for token in self.tokens:
+            if hmac.compare_digest(given_bytes, token.secret.encode()):
+                found = token
+        return found
+
+
+def parse_tokens(file: str, lines: list[str]) -> ApiTokens | list[RuleError]:
+    """The tokens file: `TOKEN [SCOPE[,SCOPE...] [NAME]]` a line, blank lines and `#` comments ignored.
+
+    A line without scopes (the format before scopes) may only send events, with a warning. Errors and
+    warnings are located (`FILE:LINE:COL`) and never quote a token.
+    """
+    tokens: list[ApiToken] = []
+    errors: list[RuleError] = []
+    warnings: list[RuleError] = []
+    first_line: dict[str, int] = {}
+    for number, line in enumerate(lines, 1):
+        fields = line.split(maxsplit=2)
+        if not fields or fields[0].startswith("#"):
+            continue
+        secret = fields[0]
+        if secret in first_line:
+            errors.append(RuleError(file, number, 1, None, f"the same token as on line {first_line[secret]}"))
+            continue
+        first_line[secret] = number
+        if len(fields) == 1:
+            warnings.append(RuleError(file, number, 1, None, f"a token without scopes may only send events; "
+                                      f"write its scopes after it ({', '.join(SCOPES)}): TOKEN events [NAME]",
+                                      warning=True))
+            scopes = BARE_TOKEN_SCOPES
+        else:
+            col = line.index(fields[1], line.index(secret) + len(secret)) + 1
+            scopes = frozenset(s for s in fields[1].split(",") if s)
+            unknown = sorted(scopes - set(SCOPES))
+            if unknown or not scopes:
+                what = f"unknown scope {', '.join(map(repr, unknown))}" if unknown else "no scope"
+                errors.append(RuleError(file, number, col, None,
+                                        f"{what}: the scopes are {', '.join(SCOPES)}, separated by commas"))
+                continue
+        name = fields[2].strip() if len(fields) == 3 else f"line {number}"
+        tokens.append(ApiToken(secret, scopes, name))
+    if errors:
+        return errors
+    if not tokens:
+        return [RuleError(file, 1, 1, None, "the tokens file holds no token")]
+    return ApiTokens(tuple(tokens), tuple(warnings))

@@ -25,7 +25,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
-from engine.config import Config
+from engine.config import ApiTokens, Config
 from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake, Step
@@ -41,6 +41,7 @@ from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
 from engine.sources.sentry import SentryEvent
 from engine.sources.sentry_auth import ReplayGuard
+from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
 from engine.store import StorageError
 from engine.store.sqlite import SQLiteStore
@@ -68,7 +69,7 @@ class Daemon:
         self.metrics = Registry()
         self.notifier = Notifier.from_env()
         self.stopping = False
-        self.tokens: frozenset[str] = frozenset()
+        self.tokens: ApiTokens | None = None
         self.sentry_secrets: frozenset[str] = frozenset()
         self.sentry_replays = ReplayGuard(config.sentry.max_age if config.sentry else 300.0)
         self.ruleset: RuleSet
@@ -89,6 +90,7 @@ class Daemon:
         self._storage_problem: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
+        self._lock: int | None = None  # the state dir's lock file, held while running
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         m = self.metrics
         self._reload_success = m.gauge("alert_engine_reload_success", "1 if the last reload succeeded, else 0.")
@@ -103,18 +105,23 @@ class Daemon:
     # -- start and stop -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load everything, resume delivery, serve; raises StartupError when the rules are invalid."""
+        """Load everything, resume delivery, serve. Raises StartupError when the rules are invalid, the state
+        dir is another daemon's, the port is taken, or the database cannot be opened."""
         loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
         result = loaded.result
         if loaded.errors or result.ruleset is None:
             raise StartupError(loaded.errors)
-        for warning in result.warnings:
+        for warning in loaded.warnings:
             log.warning("%s", warning)
         self._swap(loaded, time.time())
-        self.last_reload = ReloadResult(True, time.time(), warnings=tuple(map(str, result.warnings)),
+        self.last_reload = ReloadResult(True, time.time(), warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
-        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
-        self.store = await SQLiteStore.open(self.config.database)
+        self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
+        sockets = listen(self.config.host, self.config.port)  # before the database is touched
+        try:
+            self.store = await SQLiteStore.open(self.config.database)
+        except StorageError as exc:
+            raise StartupError([str(exc)]) from None
         pd = self.config.pagerduty
         self.deliverer = Deliverer(
             self.store, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
@@ -131,8 +138,8 @@ class Daemon:
         self._runner = web.AppRunner(make_app(self, self.config.ingest.max_body), access_log=None,
                                      handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
-        await site.start()
+        for sock in sockets:
+            await web.SockSite(self._runner, sock).start()
         if self.config.self_alert_services:
             await self._resolve_self_alert(RELOAD_FAILED_KEY)  # a restart with good rules ends that alert
         self.scheduler.add_job(self._tick, "interval", seconds=TICK_INTERVAL, id="tick", max_instances=1,
@@ -185,6 +192,8 @@ class Daemon:
             await self._runner.cleanup()
         counts = await self.store.counts()
         await self.store.close()
+        if self._lock is not None:
+            unlock(self._lock)
         log.info("stopped; %d notification(s) left in the outbox for the next start", counts.outbox)
 
     # -- events ---------------------------------------------------------------------------------------
@@ -239,7 +248,7 @@ class Daemon:
         if errors or result.ruleset is None:
             for message in errors:
                 log.error("reload failed: %s", message)
-            self.last_reload = ReloadResult(False, now, tuple(errors), tuple(map(str, result.warnings)),
+            self.last_reload = ReloadResult(False, now, tuple(errors), tuple(loaded.warnings),
                                             self.last_reload.sha256, len(self.ruleset.rules))
             self._reload_success.set(0)
             self._reloads.inc(result="failure")
@@ -252,7 +261,7 @@ class Daemon:
         self._swap(loaded, now)
         with contextlib.suppress(StorageError):  # kept in memory; the next commit that works stores it
             await self.intake.submit(self._retain(result.ruleset))
-        self.last_reload = ReloadResult(True, now, warnings=tuple(map(str, result.warnings)),
+        self.last_reload = ReloadResult(True, now, warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         self._reloads.inc(result="success")
         log.info("reloaded %d rules in %.3fs (sha256 %s)", len(result.ruleset.rules),
@@ -266,7 +275,8 @@ class Daemon:
         ruleset = loaded.result.ruleset
         assert ruleset is not None
         old = getattr(self, "ruleset", None)
-        self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets])
+        self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets,
+                                   *(loaded.tokens.secrets if loaded.tokens else ())])
         self.ruleset = ruleset  # the one reference every new request reads
         self.loaded_at = now
         self.tokens = loaded.tokens
@@ -507,8 +517,14 @@ async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> i
     daemon = Daemon(config, redactor=redactor, dry_run=dry_run)
     daemon.install_signal_handlers()
     try:
-        await daemon.start()
+        try:
+            await daemon.start()
+        except StorageError as exc:  # opened, but it cannot be read or written
+            raise StartupError([f"{config.database}: {exc}"]) from None
     except StartupError as exc:
+        if len(exc.messages) == 1:  # one line: a lock held, a port in use, a database that cannot be opened
+            print(f"alert-engine: not started: {exc.messages[0]}", file=sys.stderr)
+            return 2
         for message in exc.messages:
             print(message, file=sys.stderr)
         print(f"alert-engine: not started: {len(exc.messages)} error(s)", file=sys.stderr)

@@ -1,12 +1,12 @@
 """The HTTP API (aiohttp): routes only. Each handler parses the request, calls the daemon, answers JSON.
 
-Every error is JSON, `{"error": "..."}`; nothing a client sends produces a 500. When ingest tokens are
-configured, every POST and DELETE needs `Authorization: Bearer <token>`.
+Every error is JSON, `{"error": "..."}`; nothing a client sends produces a 500. Who may call what is the
+table ACCESS: with a tokens file, a route needs `Authorization: Bearer <token>` of a token with its scope
+(401 without a known token, 403 without the scope); without one, the API is open.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.config import ADMIN, EVENTS, READ, ApiToken
 from engine.intake import RequestTooLarge
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
@@ -35,6 +36,30 @@ DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
 STORAGE_RETRY_AFTER = 5  # seconds a client is asked to wait after a storage failure
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+OPEN = None  # no token needed
+METRICS = "metrics"  # OPEN, or READ with ingest.metrics_need_read
+# The scope a token needs for each route, when there is a tokens file (`admin` includes `read`). A route
+# missing here needs `admin`. HEAD is GET's.
+ACCESS: dict[tuple[str, str], str | None] = {
+    ("POST", "/v1/events"): EVENTS,
+    ("POST", "/v1/sources/sentry"): OPEN,  # Sentry sends no bearer token: its HMAC signature is checked instead
+    ("GET", "/healthz"): OPEN,
+    ("GET", "/readyz"): OPEN,
+    ("GET", "/metrics"): METRICS,
+    ("GET", "/v1/rules"): READ,
+    ("GET", "/v1/status"): READ,
+    ("GET", "/v1/notifications"): READ,
+    ("GET", "/v1/dead-letters"): READ,
+    ("GET", "/v1/silences"): READ,
+    ("POST", "/v1/dead-letters/{id}/retry"): ADMIN,
+    ("DELETE", "/v1/dead-letters/{id}"): ADMIN,
+    ("DELETE", "/v1/dead-letters"): ADMIN,
+    ("POST", "/v1/test"): ADMIN,
+    ("POST", "/v1/silences"): ADMIN,
+    ("DELETE", "/v1/silences/{id}"): ADMIN,
+    ("POST", "/-/reload"): ADMIN,
+}
 
 
 def error(status: int, message: str, *, headers: dict[str, str] | None = None, **more: Any) -> web.Response:
@@ -88,21 +113,47 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """ACCESS, enforced. Every admin request is logged with the token's name, never the token."""
+    daemon = request.app[DAEMON]
+    route = request.match_info.route.resource
+    if route is None:  # no such route: 404 / 405 as aiohttp answers them
+        return await handler(request)
+    scope = required_scope(request.method, route.canonical, metrics_need_read=daemon.config.ingest.metrics_need_read)
+    where = f"{request.method} {request.path}"
+    token = None
+    if daemon.tokens is not None and scope is not OPEN:
+        token = caller(request)
+        if token is None:
+            log.warning("refused %s: missing or unknown bearer token", where, extra={"scope": scope})
+            return error(401, f"missing or invalid bearer token: this needs a token with the {scope!r} scope",
+                         scope=scope)
+        if not token.allows(scope):
+            log.warning("refused %s: token %r lacks the %r scope", where, token.name, scope,
+                        extra={"token_name": token.name, "scope": scope})
+            return error(403, f"token {token.name!r} lacks the {scope!r} scope this needs", scope=scope)
+    response = await handler(request)
+    if scope == ADMIN:
+        who = f"token {token.name!r}" if token else "no token (no tokens_file: the API is open)"
+        log.info("%s by %s: HTTP %d", where, who, response.status,
+                 extra={"token_name": token.name if token else None, "status": response.status})
+    return response
+
+
+def required_scope(method: str, path: str, *, metrics_need_read: bool) -> str | None:
+    """The scope a token needs for `method` on the route `path` (its pattern, e.g. /v1/silences/{id})."""
+    scope = ACCESS.get(("GET" if method == "HEAD" else method, path), ADMIN)
+    if scope == METRICS:
+        return READ if metrics_need_read else OPEN
+    return scope
+
+
+def caller(request: web.Request) -> ApiToken | None:
+    """The known token in the request's `Authorization: Bearer` header, if any (None without a tokens file)."""
     tokens = request.app[DAEMON].tokens
-    if tokens and request.method in ("POST", "DELETE", "PUT", "PATCH"):
-        header = request.headers.get("Authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not _token_ok(given.strip(), tokens):
-            return error(401, "missing or invalid bearer token", )
-    return await handler(request)
-
-
-def _token_ok(given: str, tokens: frozenset[str]) -> bool:
-    """Compare against every token in constant time each, without stopping at the first match."""
-    ok = False
-    for token in tokens:
-        ok |= hmac.compare_digest(given.encode(), token.encode())
-    return ok
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if tokens is None or scheme.lower() != "bearer":
+        return None
+    return tokens.find(given.strip())
 
 
 async def post_events(request: web.Request) -> web.Response:
@@ -245,6 +296,9 @@ async def add_silence(request: web.Request) -> web.Response:
         body = await request.json()
     except ValueError:
         return error(400, "the body must be JSON: {match, until, comment, created_by}")
+    token = caller(request)
+    if token is not None and isinstance(body, dict) and not body.get("created_by"):
+        body = {**body, "created_by": token.name}  # who, by default: the token's name
     try:
         silence = await request.app[DAEMON].add_silence(body)
     except SilenceError as exc:

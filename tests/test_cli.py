@@ -146,3 +146,25 @@ def test_a_rule_test_file_named_as_rules_is_an_error(tmp_path):
     test_file.write_text("rule_files: [x.yaml]\ntests: []\n")
     proc = run("check", str(test_file))
     assert proc.returncode == 1 and "this is a rule test file" in proc.stderr
+
+
+def test_check_config_reads_the_tokens_file_and_allow_missing_secrets_makes_a_missing_one_a_warning(tmp_path):
+    rules_file(tmp_path)
+    config = tmp_path / "engine.yaml"
+    config.write_text("rules: [rules.yaml]\nstate_dir: state\ningest: {tokens_file: tokens}\n")
+    env = {"PD_PAY": KEY, "PD_OPS": KEY}
+    missing = run("check", "--config", str(config), env=env)
+    assert missing.returncode == 1 and f"{tmp_path / 'tokens'}: cannot read tokens file" in missing.stderr
+    allowed = run("check", "--config", str(config), "--allow-missing-secrets", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"{tmp_path / 'tokens'}: warning: cannot read tokens file: No such file or directory" in allowed.stderr
+    (tmp_path / "tokens").write_text("# relay\ntok-relay-0123456789\ntok-admin-0123456789 admin,reed ci\n")
+    bad = run("check", "--config", str(config), env=env)
+    assert bad.returncode == 1
+    assert f"{tmp_path / 'tokens'}:3:22: unknown scope 'reed': the scopes are events, read, admin, separated by " \
+        "commas" in bad.stderr.splitlines()
+    (tmp_path / "tokens").write_text("# relay\ntok-relay-0123456789\ntok-admin-0123456789 admin,read ci\n")
+    old_format = run("check", "--config", str(config), env=env)
+    assert old_format.returncode == 0
+    assert f"{tmp_path / 'tokens'}:2:1: warning: a token without scopes may only send events" in old_format.stderr
+    assert not any("tok-" in p.stderr + p.stdout for p in (missing, allowed, bad, old_format))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN, fold_collapsed_count
+from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN, StorageError, fold_collapsed_count
 from engine.store.sqlite import SQLiteStore
 
 NOW = 1_700_000_000.0
@@ -75,6 +75,21 @@ async def test_one_failing_write_does_not_sink_the_others_in_its_transaction(sto
     assert isinstance(results[0], LookupError)
     assert isinstance(results[1], list)
     assert (await store.counts()).outbox == 1
+
+
+async def test_a_database_that_cannot_be_opened_is_a_storage_error_naming_it(tmp_path):
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database\n" * 500)
+    newer = tmp_path / "newer.db"
+    with sqlite3.connect(newer) as db:
+        db.execute("PRAGMA user_version = 99")
+    (tmp_path / "a-directory.db").mkdir()
+    for path, reason in ((garbage, "file is not a database"), (newer, "schema version 99, expected"),
+                         (tmp_path / "a-directory.db", "Is a directory")):
+        with pytest.raises(StorageError) as failed:
+            await SQLiteStore.open(path)
+        assert str(failed.value).startswith(f"cannot open the database {path}: ")
+        assert reason in str(failed.value)
 
 
 async def test_claims_survive_nothing_a_reopen_gives_everything_back(tmp_path, notification):

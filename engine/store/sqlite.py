@@ -125,10 +125,15 @@ class SQLiteStore:
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str]) -> SQLiteStore:
-        """Open (creating, mode 0600) the database file at `path`."""
+        """Open (creating, mode 0600) the database file at `path`; StorageError when it cannot be opened,
+        read or written."""
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-engine-sqlite")
         try:
             connection = await asyncio.get_running_loop().run_in_executor(executor, _connect, Path(path))
+        except (OSError, sqlite3.Error) as exc:
+            executor.shutdown(wait=False)
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StorageError(f"cannot open the database {path}: {reason}") from exc
         except BaseException:
             executor.shutdown(wait=False)
             raise

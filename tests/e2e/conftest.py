@@ -156,12 +156,13 @@ class Daemon:
             except ValueError:
                 return response.status, text
 
-    async def poll(self, path: str, predicate: Callable[[Any], bool], timeout: float = 10) -> Any:
+    async def poll(self, path: str, predicate: Callable[[Any], bool], timeout: float = 10,
+                   token: str | None = None) -> Any:
         """GET `path` until `predicate(answer)` holds. For what the daemon records after PagerDuty has
         answered (metrics, history): the fake sees the request first, so there is no earlier event."""
         async with asyncio.timeout(timeout):
             while True:
-                _, answer = await self.request("GET", path)
+                _, answer = await self.request("GET", path, token=token)
                 if predicate(answer):
                     return answer
 

@@ -37,6 +37,8 @@ rules:
 
 KEYS = list(KEY_ENV.values())
 TOKEN = "ingest-token-0123"
+READER = "read-token-4567"
+ADMIN = "admin-token-89ab"
 MASKED = "****0000"  # every test key ends in 0000
 
 
@@ -88,9 +90,9 @@ def by_dedup_key(fake: FakePagerDuty) -> dict[str, list[Any]]:
     return out
 
 
-async def dead_letter_for(daemon: Daemon, dedup_key: str) -> dict[str, Any]:
+async def dead_letter_for(daemon: Daemon, dedup_key: str, token: str | None = None) -> dict[str, Any]:
     answer = await daemon.poll(
-        "/v1/dead-letters", lambda a: any(d["dedup_key"] == dedup_key for d in a["dead_letters"]))
+        "/v1/dead-letters", lambda a: any(d["dedup_key"] == dedup_key for d in a["dead_letters"]), token=token)
     return next(d for d in answer["dead_letters"] if d["dedup_key"] == dedup_key)
 
 
@@ -104,7 +106,7 @@ async def test_check_config_validates_the_config_its_rules_tokens_and_self_alert
     broken.mkdir()
     broken_rules = broken / "rules.yaml"
     broken_rules.write_text(RULES.replace("    severity: critical\n", "    sevrity: critical\n"))
-    (tmp_path / "tokens").write_text(f"# relay\n{TOKEN}\n")
+    (tmp_path / "tokens").write_text(f"# token scopes name\n{TOKEN} events relay\n")
 
     def config(name: str, text: str) -> Path:
         path = tmp_path / name
@@ -176,51 +178,65 @@ async def test_history_lists_deliveries_filtered_by_rule_service_and_time(procs,
 
 # -- dead-letters --------------------------------------------------------------------------------------
 
-async def test_dead_letters_list_retry_purge_need_the_token_to_change_anything(procs, fake_pagerduty, tmp_path):
+async def test_dead_letters_list_with_read_and_retry_purge_with_admin(procs, fake_pagerduty, tmp_path):
     tokens = tmp_path / "tokens"
-    tokens.write_text(f"{TOKEN}\n")
+    tokens.write_text(f"{TOKEN} events relay\n{READER} read dashboards\n{ADMIN} admin oncall\n")
     daemon = await procs.daemon(RULES, ingest={"tokens_file": str(tokens)})
     fake_pagerduty.fail_next(1, 400, dedup_key="disk/a")
     status, _ = await daemon.post_events({"type": "disk", "host": "a"}, token=TOKEN)
     assert status == 202
-    letter = await dead_letter_for(daemon, "disk/a")
+    letter = await dead_letter_for(daemon, "disk/a", token=READER)
     ident = str(letter["id"])
 
-    listed, as_json, retry_anon, purge_one_anon, purge_all_anon = await asyncio.gather(
+    listed, as_json, list_anon, retry_anon, retry_read, purge_one_events, purge_all_read = await asyncio.gather(
+        procs.api(daemon, "dead-letters", "list", "--token", READER),
+        procs.api(daemon, "dead-letters", "list", "--json", env={"ALERT_ENGINE_TOKEN": ADMIN}),
         procs.api(daemon, "dead-letters", "list"),
-        procs.api(daemon, "dead-letters", "list", "--json"),
         procs.api(daemon, "dead-letters", "retry", ident),
-        procs.api(daemon, "dead-letters", "purge", ident),
-        procs.api(daemon, "dead-letters", "purge"),
+        procs.api(daemon, "dead-letters", "retry", ident, "--token", READER),
+        procs.api(daemon, "dead-letters", "purge", ident, "--token", TOKEN),
+        procs.api(daemon, "dead-letters", "purge", env={"ALERT_ENGINE_TOKEN": READER}),
     )
     [line] = listed.stdout.splitlines()
     assert listed.returncode == 0
     assert line.split()[0] == ident and line.split()[2:5] == ["sre", "disk", "disk/a"]
     assert line.endswith("attempts=1  PagerDuty rejected it: HTTP 400")
-    [row] = [json.loads(x) for x in as_json.stdout.splitlines()]
+    [row] = [json.loads(x) for x in as_json.stdout.splitlines()]  # admin includes read
     assert row["body"]["routing_key"] == MASKED and row["status"] == 400
     assert row["reason"] == "PagerDuty rejected it: HTTP 400"
-    for refused in (retry_anon, purge_one_anon, purge_all_anon):
+    assert list_anon.returncode == 1 and list_anon.stdout == ""
+    assert ("HTTP 401: missing or invalid bearer token: this needs a token with the 'read' scope; give a token "
+            "with --token or $ALERT_ENGINE_TOKEN") in list_anon.stderr
+    assert retry_anon.returncode == 1
+    assert "HTTP 401: missing or invalid bearer token: this needs a token with the 'admin' scope" in retry_anon.stderr
+    for refused, name in ((retry_read, "dashboards"), (purge_one_events, "relay"), (purge_all_read, "dashboards")):
         assert refused.returncode == 1, refused
-        assert "HTTP 401: missing or invalid bearer token" in refused.stderr
-    assert [d["id"] for d in (await daemon.request("GET", "/v1/dead-letters"))[1]["dead_letters"]] == [letter["id"]]
+        assert f"HTTP 403: token '{name}' lacks the 'admin' scope this needs" in refused.stderr
+    _, answer = await daemon.request("GET", "/v1/dead-letters", token=READER)
+    assert [d["id"] for d in answer["dead_letters"]] == [letter["id"]]
 
-    retried = await procs.api(daemon, "dead-letters", "retry", ident, "--token", TOKEN)
+    retried = await procs.api(daemon, "dead-letters", "retry", ident, "--token", ADMIN)
     assert retried.returncode == 0 and f"dead letter {ident} is back in the outbox" in retried.stdout
     [first, again] = (await fake_pagerduty.wait_for(2))[:2]
     assert again.body["dedup_key"] == first.body["dedup_key"] == "disk/a"
-    delivered = await daemon.poll("/v1/notifications?rule=disk", lambda a: len(a["notifications"]) == 1)
+    delivered = await daemon.poll("/v1/notifications?rule=disk", lambda a: len(a["notifications"]) == 1,
+                                  token=READER)
     assert delivered["notifications"][0]["status"] == 202
 
     fake_pagerduty.fail_next(1, 400, dedup_key="disk/b")
     await daemon.post_events({"type": "disk", "host": "b"}, token=TOKEN)
-    second = await dead_letter_for(daemon, "disk/b")
+    second = await dead_letter_for(daemon, "disk/b", token=ADMIN)
     purged = await procs.api(daemon, "dead-letters", "purge", str(second["id"]),
-                             env={"ALERT_ENGINE_TOKEN": TOKEN})
+                             env={"ALERT_ENGINE_TOKEN": ADMIN})
     assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter(s)\n")
-    empty = await procs.api(daemon, "dead-letters", "list")
+    empty = await procs.api(daemon, "dead-letters", "list", "--token", READER)
     assert (empty.returncode, empty.stdout) == (0, "")
     assert await daemon.stop() == 0
+    log = daemon.output()
+    assert f"POST /v1/dead-letters/{ident}/retry by token 'oncall': HTTP 200" in log
+    assert f"DELETE /v1/dead-letters/{second['id']} by token 'oncall': HTTP 200" in log
+    assert "lacks the 'admin' scope" in log
+    assert not any(secret in log for secret in (TOKEN, READER, ADMIN))
 
 
 # -- send-test -----------------------------------------------------------------------------------------

@@ -89,7 +89,8 @@ async def test_bad_input_gets_the_right_4xx_and_the_daemon_keeps_serving(start_d
     # no token, a wrong token, a wrong scheme
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic s3cret-token"}):
         status, answer = await daemon.request("POST", "/v1/events", json={"a": 1}, headers=headers)
-        assert (status, answer["error"]) == (401, "missing or invalid bearer token")
+        assert (status, answer) == (401, {"error": "missing or invalid bearer token: this needs a token with the "
+                                                  "'events' scope", "scope": "events"})
     # NDJSON with the right token is accepted; nothing bad before was enqueued
     body = b'{"service": "payments", "status": 500, "host": "h"}\n{"type": "disk", "host": "h"}\n'
     status, answer = await daemon.request("POST", "/v1/events", data=body, **auth,
