@@ -81,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate rule files and directories, or a config and its rules",
                            description="Validate rule files (directories are searched for *.yaml, *.yml), or "
                            "with --config the daemon's configuration and the rules it names. Prints "
-                           "'ok: N rules, M services in K files' or every error with its location.")
+                           "'ok: N rules, M services in K files' or every error with its location. Warnings "
+                           "(a service key that is not 32 characters long, an unused service) are printed "
+                           "too and do not fail the check; keys are never printed.")
     check.add_argument("paths", nargs="*", metavar="PATH", help="rule file or directory")
     check.add_argument("--config", metavar="FILE", help="check this engine.yaml and its rules too")
     check.add_argument("--allow-missing-secrets", action="store_true",

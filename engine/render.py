@@ -8,29 +8,31 @@ Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
 - summary / v1 description: the rule's template, else `<rule name>: <event.message | event.title |
   "event matched">`; truncated to 1,024 characters ending with `…`.
 - source: the rule's template, else `event.host` (a non-empty string or a number), else `alert-engine`.
+  PagerDuty refuses a blank summary or source (400, final): a template that renders blank (empty or
+  whitespace) takes the default and is recorded as a template error.
 - Sentry events (`source: sentry`, engine/sources/sentry.py): the summary defaults to the event's title
   and the dedup key to `sentry-issue-<issue_id>` (metric alerts: `sentry-metric-<incident_id>`), before
   the defaults below; the issue's (or incident's) URL becomes v2 `client_url` and a link "View in Sentry"
-  after the rule's links (v1: a link context).
+  after the rule's links (v1: a link context, and `client_url` too).
 - dedup key: the rule's template, else the rule name and the `group_by` values joined by `/` (a
   non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
   empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
 - timestamp (v2): the event's `timestamp` (ISO 8601, or seconds since the epoch, milliseconds when
   > 1e11) in UTC with `Z`, else `now`.
-- custom details (v2) / details (v1): the rule's `details` tree, else the whole event.
+- custom details (v2) / details (v1): the rule's `details` tree, else the whole event; always a mapping
+  (PagerDuty takes only an object): any other value is wrapped as `{"details": value}`.
 - component, group, class: omitted when unset or rendered empty; links without href and images
-  without src are dropped; empty link/image lists are omitted.
+  without src are dropped; empty link/image lists are omitted. An image whose src is not an `https://`
+  URL is dropped too (PagerDuty shows only HTTPS images), recorded as a template error.
 
 A template that fails at run time never drops the page: its field takes the default and the failure
-is recorded in the details under `template_error` (`{field: message}`); details that are not a
-mapping are wrapped as `{"details": value, "template_error": {...}}`.
+is recorded in the details under `template_error` (`{field: message}`).
 
 Body limit: a body whose JSON as it is sent (`encode`: compact, UTF-8, measured once and stored as
-measured) exceeds 512 KiB gets its details replaced by
-`{"_truncated": "custom_details trimmed: body was N bytes, limit 524288", ...}` followed by the
-top-level detail keys that still fit, `template_error` first, then in their order, skipping any key
-that does not fit. Details that are not a mapping are replaced by the marker alone. Fields other than
-the details are not trimmed.
+measured) exceeds PagerDuty's 512 KB, 512,000 bytes (the figure Alertmanager and Grafana use too), gets
+its details replaced by `{"_truncated": "custom_details trimmed: body was N bytes, limit 512000", ...}`
+followed by the top-level detail keys that still fit, `template_error` first, then in their order,
+skipping any key that does not fit. Fields other than the details are not trimmed.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ DEFAULT_SEVERITY = "error"
 SUMMARY_LIMIT = 1024
 DEDUP_KEY_LIMIT = 255
 DEDUP_KEY_PREFIX = 190  # 190 + "~" + 64 hex digits = 255
-BODY_LIMIT = 512 * 1024
+BODY_LIMIT = 512_000  # bytes: PagerDuty's "512 KB"
 EPOCH_MILLISECONDS_ABOVE = 1e11
 
 API_PATHS = {"v2": "/v2/enqueue", "v1": "/generic/2010-04-15/create_event.json"}
@@ -131,6 +133,8 @@ def render(match: Match, service: Service, now: dt.datetime) -> Notification:
             "details": rendering.details(),
             "client": CLIENT,
         }
+        if sentry_url:
+            body["client_url"] = sentry_url  # the URL v2 sends as client_url, as Alertmanager's v1 bodies do
         contexts = [{"type": "link", **x} for x in links] + [{"type": "image", **x} for x in images]
         if contexts:
             body["contexts"] = contexts
@@ -174,8 +178,16 @@ class _Rendering:
             self.errors[exc.field] = exc.message
             return ""
 
+    def required_text(self, template: Template | None, name: str) -> str:
+        """`text` for a field PagerDuty refuses blank: a template rendering blank gives "" and is recorded."""
+        text = self.text(template, name)
+        if template is not None and not text.strip() and name not in self.errors:
+            self.errors[name] = "rendered blank, which PagerDuty refuses: the default was sent"
+            return ""
+        return text
+
     def summary(self) -> str:
-        return (self.text(self.rule.summary, "summary") or sentry.default_summary(self.event)
+        return (self.required_text(self.rule.summary, "summary") or sentry.default_summary(self.event)
                 or default_summary(self.rule, self.event))
 
     def dedup_key(self) -> str:
@@ -199,7 +211,7 @@ class _Rendering:
         rule = self.rule
         payload: dict[str, Any] = {
             "summary": summary,
-            "source": self.text(rule.source, "source") or default_source(self.event),
+            "source": self.required_text(rule.source, "source") or default_source(self.event),
             "severity": self.severity(service),
             "timestamp": event_timestamp(self.event, self.now),
         }
@@ -225,6 +237,9 @@ class _Rendering:
         src = self.text(image.src, f"images.{i}.src")
         if not src:
             return None
+        if src[:8].lower() != "https://":
+            self.errors[f"images.{i}.src"] = "not an https:// URL, which PagerDuty does not show: image dropped"
+            return None
         rendered = {"src": src}
         if href := self.text(image.href, f"images.{i}.href"):
             rendered["href"] = href
@@ -232,8 +247,9 @@ class _Rendering:
             rendered["alt"] = alt
         return rendered
 
-    def details(self) -> Any:
-        """The rendered details (default: the whole event), with `template_error` when anything failed.
+    def details(self) -> dict[str, Any]:
+        """The rendered details (default: the whole event) as a mapping, with `template_error` when anything
+        failed. Any other value is wrapped as `{"details": value}`: PagerDuty takes only an object.
 
         Call it last: it reports the failures of every field rendered before it.
         """
@@ -243,11 +259,11 @@ class _Rendering:
                 details = self.rule.details.render(self.ctx, field="details")
             except TemplateRenderError as exc:
                 self.errors[exc.field] = exc.message
+        if not isinstance(details, dict):
+            details = {"details": details}
         if not self.errors:
             return details
-        if isinstance(details, dict):
-            return {**details, "template_error": dict(self.errors)}
-        return {"details": details, "template_error": dict(self.errors)}
+        return {**details, "template_error": dict(self.errors)}
 
 
 def default_summary(rule: Rule, event: Mapping[str, Any]) -> str:
@@ -326,18 +342,16 @@ def body_size(body: Mapping[str, Any]) -> int:
 
 
 def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> str:
-    """Trim `holder[key]` (the details) in place until the body fits BODY_LIMIT (module docstring);
-    the body's serialisation."""
+    """Trim `holder[key]` (the details, a mapping) in place until the body fits BODY_LIMIT, 512,000 bytes
+    (module docstring); the body's serialisation."""
     text = encode(body)
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size <= BODY_LIMIT:
         return text
-    details = holder[key]
+    details: dict[str, Any] = holder[key]
     trimmed: dict[str, Any] = {"_truncated": f"{key} trimmed: body was {size} bytes, limit {BODY_LIMIT}"}
     holder[key] = trimmed
     room = BODY_LIMIT - body_size(body)
-    if not isinstance(details, dict):
-        return
     names = sorted(details, key=lambda name: name != "template_error")  # stable: template_error first
     for name in names:
         cost = len(encode({name: details[name]}).encode("utf-8")) - 2 + len(",")  # minus "{}"

@@ -58,6 +58,26 @@ def test_check_missing_secrets_error_unless_allowed(tmp_path):
     assert proc.returncode == 0 and "warning: service 'pay'" in proc.stderr
 
 
+def test_check_refuses_details_that_are_not_a_mapping_at_the_key(tmp_path):
+    path = rules_file(tmp_path, RULES + "    details: '{{ event.message }}'\n")
+    proc = run("check", path, env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert proc.returncode == 1
+    assert f"{path}:9:5: rule 'pay-5xx': 'details' must be a mapping or null, not a string" in proc.stderr.splitlines()
+
+
+def test_check_warns_of_a_key_that_is_not_32_characters_without_printing_it(tmp_path):
+    path = rules_file(tmp_path)
+    proc = run("check", path, env={"PD_PAY": "R0123456789abcdefV2KEY", "PD_OPS": KEY})
+    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rules, 2 services in 1 files\n")
+    assert proc.stderr.splitlines() == [
+        f"{path}:2:9: warning: service 'pay': key is 22 characters, PagerDuty integration keys are 32"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PD_PAY", "PD_OPS")}
+    placeholders = subprocess.run([str(Path(sys.executable).with_name("alert-engine")), "check",
+                                   "--allow-missing-secrets", path], capture_output=True, text=True, env=env,
+                                  timeout=60)
+    assert placeholders.returncode == 0 and "characters" not in placeholders.stderr
+
+
 def test_usage_errors_exit_2():
     assert run().returncode == 2
     assert run("check").returncode == 2

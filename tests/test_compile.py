@@ -6,7 +6,8 @@ import pytest
 
 from engine.rules import load_ruleset
 
-SERVICES = "services:\n  sre: {service_key: abcdefgh1234}\n"
+KEY = "0123456789abcdef0123456789abcdef"  # 32 characters, as PagerDuty's integration keys
+SERVICES = f"services:\n  sre: {{service_key: {KEY}}}\n"
 
 
 def rule(name: str = "a", match: str = "{field: x, equals: 1}", extra: str = "", services: str = "[sre]") -> str:
@@ -67,13 +68,15 @@ def test_duplicates_across_files_name_the_first_definition(tmp_path):
 def test_missing_key_variable_names_the_service_never_a_key(tmp_path):
     text = "services:\n  pay:\n    service_key: ${PD_PAY}\n  sre:\n    service_key: sekrit-${PD_SRE}\n" \
            "rules:\n" + rule(services="[pay, sre]")
-    result = load(tmp_path, text, env={"PD_SRE": "x"})
+    env = {"PD_SRE": "x" * 25}
+    result = load(tmp_path, text, env=env)
     assert errors_of(result) == ["f0.yaml:3:5: None: service 'pay': environment variable PD_PAY is not set"]
     assert "sekrit" not in str(result.errors)
-    relaxed = load(tmp_path, text, env={"PD_SRE": "x"}, allow_missing_secrets=True)
+    relaxed = load(tmp_path, text, env=env, allow_missing_secrets=True)
     assert relaxed.ruleset is not None and relaxed.errors == ()
+    # the placeholder of the missing key gets no warning about its length
     assert [w.message for w in relaxed.warnings] == ["service 'pay': environment variable PD_PAY is not set"]
-    assert relaxed.ruleset.services["sre"].key == "sekrit-x"
+    assert relaxed.ruleset.services["sre"].key == "sekrit-" + "x" * 25
 
 
 def test_key_files_are_read_stripped_and_checked(tmp_path):
@@ -101,8 +104,26 @@ def test_key_files_are_read_stripped_and_checked(tmp_path):
     assert "0123456789abcdef" not in repr(ok.ruleset.services["sre"])
 
 
+def test_a_key_that_is_not_32_characters_is_a_warning_naming_service_place_and_length(tmp_path):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    (keys / "file").write_text("f" * 33 + "\n")
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    text = (f"services:\n  ok: {{service_key: {KEY}}}\n  short:\n    service_key: ${{PD_SHORT}}\n"
+            f"  long: {{service_key_file: {keys / 'file'}}}\n"
+            "rules:\n" + rule(services="[ok, short, long]"))
+    result = load(rules_dir, text, env={"PD_SHORT": "s3cr3t-but-20-chars!"})
+    assert result.ruleset is not None and result.errors == ()
+    assert [str(w).rsplit("/", 1)[-1] for w in result.warnings] == [
+        "f0.yaml:4:5: warning: service 'short': key is 20 characters, PagerDuty integration keys are 32",
+        "f0.yaml:5:10: warning: service 'long': key is 33 characters, PagerDuty integration keys are 32",
+    ]
+    assert "s3cr3t" not in str(result.warnings) and "fff" not in str(result.warnings)
+
+
 def test_unused_service_is_a_warning_and_the_rule_set_is_built(tmp_path):
-    result = load(tmp_path, SERVICES + "  spare: {service_key: k}\nrules:\n" + rule())
+    result = load(tmp_path, SERVICES + f"  spare: {{service_key: {KEY}}}\nrules:\n" + rule())
     assert result.ruleset is not None
     assert [str(w).split(": ", 1)[1] for w in result.warnings] == ["warning: service 'spare' is not used by any rule"]
 

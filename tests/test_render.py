@@ -203,6 +203,29 @@ def test_summary_template_rendering_empty_takes_the_default() -> None:
     assert payload({"message": "m"}, summary="{{ event.missing }}")["summary"] == "disk-full: m"
 
 
+BLANK = "rendered blank, which PagerDuty refuses: the default was sent"
+
+
+@pytest.mark.parametrize("blank", ["{{ event.missing }}", " ", "{{ event.pad }}\n\t"])
+def test_blank_summary_and_source_take_the_defaults_and_are_recorded(blank: str) -> None:
+    body = payload({"host": "db1", "message": "m", "pad": "  "}, summary=blank, source=blank)
+    assert (body["summary"], body["source"]) == ("disk-full: m", "db1")
+    assert body["custom_details"]["template_error"] == {"summary": BLANK, "source": BLANK}
+    without_host = payload({}, source=blank)
+    assert without_host["source"] == "alert-engine"
+
+
+def test_blank_v1_description_takes_the_default_and_is_recorded() -> None:
+    body = page({"title": "Disk full"}, V1, summary="  ").body
+    assert body["description"] == "disk-full: Disk full"
+    assert body["details"]["template_error"] == {"summary": BLANK}
+
+
+def test_a_summary_with_text_around_blanks_is_sent_as_rendered() -> None:
+    body = payload({}, summary=" disk full ")
+    assert body["summary"] == " disk full " and "template_error" not in body["custom_details"]
+
+
 @pytest.mark.parametrize(
     ("host", "source"),
     [
@@ -335,6 +358,19 @@ def test_template_error_in_v1_goes_into_details() -> None:
     assert set(body["details"]["template_error"]) == {"summary", "dedup_key"}
 
 
+@pytest.mark.parametrize(
+    ("details", "sent"),
+    [
+        ("{{ rule.name }}", {"details": "disk-full"}),
+        (["{{ rule.name }}", 2], {"details": ["disk-full", 2]}),
+        (42, {"details": 42}),
+    ],
+)
+def test_details_that_are_not_a_mapping_are_sent_as_an_object(details: Any, sent: dict[str, Any]) -> None:
+    assert payload({}, details=details)["custom_details"] == sent
+    assert page({}, V1, details=details).body["details"] == sent
+
+
 def test_rendering_does_not_change_the_event() -> None:
     event = {"a": {"b": 1}}
     payload(event, summary="{{ 1 / 0 }}")
@@ -363,6 +399,25 @@ def test_failing_link_is_dropped_and_recorded() -> None:
     assert body["payload"]["custom_details"]["template_error"] == {
         "links.0.href": "ZeroDivisionError: division by zero"
     }
+
+
+def test_images_without_an_https_src_are_dropped_and_recorded() -> None:
+    images = (Image(t("http://graphs/{{ event.host }}.png")), Image(t("HTTPS://graphs/ok.png")),
+              Image(t("graphs/relative.png")))
+    v2 = page({"host": "db1"}, images=images).body
+    assert v2["images"] == [{"src": "HTTPS://graphs/ok.png"}]
+    note = "not an https:// URL, which PagerDuty does not show: image dropped"
+    assert v2["payload"]["custom_details"]["template_error"] == {"images.0.src": note, "images.2.src": note}
+    v1 = page({"host": "db1"}, V1, images=images).body
+    assert v1["contexts"] == [{"type": "image", "src": "HTTPS://graphs/ok.png"}]
+    assert set(v1["details"]["template_error"]) == {"images.0.src", "images.2.src"}
+
+
+def test_v1_carries_client_url_when_a_url_is_known() -> None:
+    event = {"source": "sentry", "issue_id": "7", "issue_url": "https://acme.sentry.io/issues/7/"}
+    v1, v2 = page(event, V1).body, page(event).body
+    assert v1["client_url"] == v2["client_url"] == "https://acme.sentry.io/issues/7/"
+    assert "client_url" not in page({"host": "db1"}, V1).body
 
 
 def test_v1_without_usable_links_has_no_contexts() -> None:
@@ -426,8 +481,17 @@ def test_big_body_has_its_details_trimmed_with_a_marker() -> None:
     details = notification.body["payload"]["custom_details"]
     assert list(details) == ["_truncated", "template_error", "small", "after"]
     assert details["_truncated"].startswith("custom_details trimmed: body was ")
-    assert details["_truncated"].endswith(" bytes, limit 524288")
+    assert details["_truncated"].endswith(" bytes, limit 512000")
     assert details["template_error"] == {"summary": "ZeroDivisionError: division by zero"}
+
+
+def test_the_limit_is_pagerdutys_512000_bytes_not_512_kib() -> None:
+    assert BODY_LIMIT == 512_000
+    notification = page({"keep": "k", "big": "x" * 513_000})  # about 513,200 bytes: under 512 KiB (524,288)
+    assert body_size(notification.body) <= 512_000
+    details = notification.body["payload"]["custom_details"]
+    assert list(details) == ["_truncated", "keep"]
+    assert details["_truncated"].endswith(" bytes, limit 512000")
 
 
 def test_trimming_keeps_every_key_that_fits() -> None:

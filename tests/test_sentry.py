@@ -304,7 +304,7 @@ def test_a_sentry_event_pages_one_incident_per_issue_titled_and_linked_to_sentry
     v1 = sent[("sentry-all", "legacy")].body
     assert (v1["incident_key"], v1["description"]) == ("sentry-issue-4242", "ZeroDivisionError: division by zero")
     assert v1["contexts"] == [{"type": "link", "href": "https://acme.sentry.io/issues/4242/", "text": "View in Sentry"}]
-    assert "client_url" not in v1
+    assert v1["client_url"] == "https://acme.sentry.io/issues/4242/"  # as v2, and as Alertmanager sends v1
 
 
 def test_the_rules_own_keys_summaries_and_links_come_first(ruleset):

@@ -59,6 +59,14 @@ BROKEN = [
         "4:5: 'name' must be a string, not a boolean (YAML reads yes/no/on/off/true/false as booleans: quote it)",
         id="yaml-boolean-name"),
     pytest.param("- just\n- a list\n", "1:1: the file must be a mapping, not a list", id="not-a-mapping"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
+        "    details: '{{ event.message }}'\n",
+        "7:5: rule 'a': 'details' must be a mapping or null, not a string", id="details-string"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
+        "    details:\n      - '{{ event.message }}'\n",
+        "7:5: rule 'a': 'details' must be a mapping or null, not a list", id="details-list"),
 ]
 
 
@@ -81,6 +89,15 @@ def test_every_schema_error_in_every_file_is_reported_before_semantics(tmp_path)
         ("a.yaml", 2, "unknown key 'ruls' (did you mean 'rules'?)"),
         ("b.yaml", 4, "'gt' must be a number, not a string"),
     ]  # the unknown service is a semantic error: reported once the schema errors are fixed
+
+
+def test_details_may_be_a_mapping_or_null(tmp_path):
+    path = tmp_path / "rules.yaml"
+    path.write_text(VALID_SERVICE + "rules:\n" + "".join(
+        f"  - name: r{i}\n    services: [sre]\n    match: {{field: x, equals: 1}}\n    details: {details}\n"
+        for i, details in enumerate(["{a: '{{ event.a }}', b: [1, 2]}", "{}", "null"])))
+    result = load_ruleset([str(path)])
+    assert result.errors == () and result.ruleset is not None
 
 
 def test_schemas_are_valid_2020_12_and_shipped_with_the_package():

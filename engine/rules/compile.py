@@ -2,7 +2,9 @@
 
 Semantic checks (after the schema): duplicate names across files, unknown service/list/macro names,
 RE2-invalid regexes, Jinja syntax errors, severities, and service keys that cannot be read (a missing
-environment variable or key file). All problems are collected; a RuleSet is built only without errors.
+environment variable or key file). A key that is read but is not 32 characters long (PagerDuty's v1 and
+v2 integration keys both are) is a warning. All problems are collected; a RuleSet is built only without
+errors.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from engine.templates import Template, compile_template_at, compile_tree
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _TEMPLATE_FIELDS = ("severity", "summary", "source", "dedup_key", "component", "group", "class")
+KEY_LENGTH = 32  # characters of a PagerDuty integration key, Events API v1 and v2 alike
 
 
 class _Compiler:
@@ -50,6 +53,10 @@ class _Compiler:
 
     def service(self, name: str, raw: Mapping[str, Any], file: str, path: Path, line: int) -> Service:
         key = self.read_key(name, raw, file, path)
+        if key and len(key) != KEY_LENGTH:  # "" is an unreadable key, already a problem
+            which = "service_key" if "service_key" in raw else "service_key_file"
+            self.problems.append(Problem(file, (*path, which), f"service '{name}': key is {len(key)} characters, "
+                                         f"PagerDuty integration keys are {KEY_LENGTH}", warning=True))
         return Service(name, raw.get("api", "v2"), key, raw.get("severity"), file, line)
 
     def read_key(self, name: str, raw: Mapping[str, Any], file: str, path: Path) -> str:
