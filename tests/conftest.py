@@ -176,7 +176,7 @@ async def fake_pagerduty() -> AsyncIterator[FakePagerDuty]:
 
 def service_key(service: str) -> str:
     """The (fake) integration key of a service in tests: long enough to mask, easy to spot if leaked."""
-    return f"secret-key-of-{service}-0000"
+    return f"secret-key-of-{service}-".ljust(32, "0")  # 32 characters, like PagerDuty's keys
 
 
 def make_notification(

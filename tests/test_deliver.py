@@ -124,7 +124,7 @@ def test_token_bucket_gives_the_burst_then_spaces_by_the_rate():
 
 def test_integration_key_is_the_key_in_the_body(notification):
     assert integration_key(notification(service="db")) == notification(service="db").body["routing_key"]
-    assert integration_key(notification(api="v1", service="db")) == "secret-key-of-db-0000"
+    assert integration_key(notification(api="v1", service="db")) == service_key("db")
 
 
 # -- against the fake PagerDuty ----------------------------------------------------------------------
@@ -265,8 +265,8 @@ async def test_pacing_spaces_sends_per_key_beyond_the_burst(store, fake_pagerdut
     await fake_pagerduty.wait_for(2)
     await enqueue(store, running, notification(service="web"))  # another key: not held back
     await idle(running)
-    db = [r for r in fake_pagerduty.requests if r.body["routing_key"] == "secret-key-of-db-0000"]
-    web = [r for r in fake_pagerduty.requests if r.body["routing_key"] == "secret-key-of-web-0000"]
+    db = [r for r in fake_pagerduty.requests if r.body["routing_key"] == service_key("db")]
+    web = [r for r in fake_pagerduty.requests if r.body["routing_key"] == service_key("web")]
     assert len(db) == 3 and len(web) == 1
     assert db[1].at - db[0].at < 0.2  # the burst
     assert db[2].at - db[0].at >= 0.2  # the third waited for a token
