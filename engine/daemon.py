@@ -39,7 +39,7 @@ from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
-from engine.sources.sentry import SentryEvent
+from engine.sources import sentry
 from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
@@ -196,14 +196,15 @@ class Daemon:
     async def accept(self, events: list[dict[str, Any]]) -> Accepted:
         return await self.intake.accept(self.ruleset, events, time.time())
 
-    async def accept_sentry(self, webhook: SentryEvent) -> dict[str, Any]:
-        """A verified Sentry webhook: its event goes through the rules, its resolve through the state."""
+    async def accept_sentry(self, webhook: sentry.SentryEvent) -> dict[str, Any]:
+        """A verified Sentry webhook: its event goes through the rules (with Sentry's defaults), its resolve
+        through the state."""
         log.info("%s", webhook.describe())
         if webhook.resolves is not None:
             return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves, time.time())}
         if webhook.event is None:
             return {"accepted": 0, "matched": 0, "notifications": 0}
-        accepted = await self.accept([webhook.event])
+        accepted = await self.intake.accept(self.ruleset, [webhook.event], time.time(), origin=sentry.ORIGIN)
         return {"accepted": accepted.accepted, "matched": accepted.matched, "notifications": accepted.notifications}
 
     # -- reload ---------------------------------------------------------------------------------------

@@ -40,14 +40,16 @@ class Intake:
         self._enqueued = metrics.counter("alert_engine_notifications_enqueued_total",
                                          "Notifications committed to the outbox.", ["service"])
 
-    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float) -> Accepted:
-        """Match and decide every event on `ruleset`, commit the notifications, then wake delivery."""
+    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], now: float, *,
+                     origin: str | None = None) -> Accepted:
+        """Match and decide every event on `ruleset`, commit the notifications, then wake delivery.
+        `origin`: the endpoint the events came in by (`sentry.ORIGIN`), None for POST /v1/events."""
         matched = 0
         notifications: list[Notification] = []
         for event in events:
             matches = ruleset.match(event)
             matched += bool(matches)
-            notifications += decide(ruleset, self.state, event, now, matches)
+            notifications += decide(ruleset, self.state, event, now, matches, origin=origin)
         await self.enqueue(notifications, now, self.state.changes())
         self._received.inc(len(events))
         self._matched.inc(matched)

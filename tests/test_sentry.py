@@ -15,6 +15,7 @@ from engine.render import render
 from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
 from engine.sources.sentry import (
+    ORIGIN,
     SentryEvent,
     SentryPayloadError,
     auto_severity,
@@ -241,11 +242,10 @@ def test_auto_severity_maps_sentry_levels(level, severity):
     assert auto_severity(level) == severity
 
 
-def test_the_default_dedup_key_is_per_sentry_issue_or_incident_and_only_for_sentry_events():
-    assert default_dedup_key({"source": "sentry", "issue_id": "4242"}) == "sentry-issue-4242"
-    assert default_dedup_key({"source": "sentry", "issue_id": 4242}) == "sentry-issue-4242"
+def test_the_default_dedup_key_is_per_sentry_issue_or_incident():
+    assert default_dedup_key({"issue_id": "4242"}) == "sentry-issue-4242"
+    assert default_dedup_key({"issue_id": 4242}) == "sentry-issue-4242"
     assert default_dedup_key(to_event("metric_alert", fixture("metric_alert_critical")).event) == "sentry-metric-4"
-    assert default_dedup_key({"issue_id": "4242"}) is None
     assert default_dedup_key({"source": "sentry"}) is None
 
 
@@ -288,8 +288,8 @@ def ruleset(tmp_path_factory) -> RuleSet:
     return result.ruleset
 
 
-def pages(ruleset: RuleSet, event: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    return {(m.rule.name, name): render(m, ruleset.services[name], NOW)
+def pages(ruleset: RuleSet, event: dict[str, Any], origin: str | None = ORIGIN) -> dict[tuple[str, str], Any]:
+    return {(m.rule.name, name): render(m, ruleset.services[name], NOW, origin)
             for m in ruleset.match(event) for name in m.rule.services}
 
 
@@ -336,9 +336,20 @@ def test_severity_auto_works_for_any_event_and_falls_back_to_the_service_default
 
 def test_non_sentry_events_keep_the_usual_defaults_and_get_no_sentry_link(ruleset):
     event = {"kind": "plain", "title": "t", "issue_id": "1", "issue_url": "https://sentry.example/issues/1/"}
-    n = pages(ruleset, event)[("any-source", "plain")]
+    n = pages(ruleset, event, None)[("any-source", "plain")]
     assert (n.dedup_key, n.summary) == ("any-source", "any-source: t")
     assert "client_url" not in n.body and "links" not in n.body
+
+
+def test_sentrys_defaults_follow_the_endpoint_not_a_source_field(ruleset):
+    """A Sentry-shaped event with `source: sentry` sent to POST /v1/events matches the same rules, but
+    pages like any other event: no Sentry dedup key, title or link."""
+    event = to_event("event_alert", fixture("event_alert_checkout_fatal")).event
+    assert event is not None and event["source"] == "sentry"
+    n = pages(ruleset, event, None)[("sentry-all", "pay")]
+    assert (n.dedup_key, n.summary) == ("sentry-all", "sentry-all: ZeroDivisionError: division by zero")
+    assert "client_url" not in n.body and "links" not in n.body
+    assert n.severity == "critical"  # `severity: auto` reads `level` on any event
 
 
 def test_a_long_sentry_title_is_cut_to_pagerdutys_limit(ruleset):

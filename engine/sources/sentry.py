@@ -7,9 +7,12 @@ whose `event` is None is logged, never matched.
 
 Sentry's integration platform names the resource in `Sentry-Hook-Resource`: installation, event_alert,
 issue, metric_alert, error, comment, ... Every flat event has `source: sentry` and
-`sentry: {resource, action, ...}`; fields without a value are left out. Resolving actions (issue
-resolved / ignored / archived, metric_alert resolved) carry no event to match, only `resolves`: the dedup
-key whose open alert they close.
+`sentry: {resource, action, ...}` for rules to match; fields without a value are left out. Resolving
+actions (issue resolved / ignored / archived, metric_alert resolved) carry no event to match, only
+`resolves`: the dedup key whose open alert they close.
+
+Sentry's defaults below (dedup key, summary, link) apply to events that came in by the Sentry endpoint
+(`origin=ORIGIN` through intake, decide and render), never because of a field an event carries.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from engine.sources.sentry_auth import (
 )
 
 __all__ = [
-    "AUTO_SEVERITY", "LINK_TEXT", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReplayGuard",
+    "AUTO_SEVERITY", "LINK_TEXT", "ORIGIN", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReplayGuard",
     "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "default_dedup_key",
     "default_summary", "issue_dedup_key", "issue_link", "legacy_to_event", "metric_dedup_key", "to_event",
     "verify",
 ]
 
-SOURCE = "sentry"
+ORIGIN = "sentry"  # the `origin` of events that came in by POST /v1/sources/sentry
+SOURCE = "sentry"  # the `source` field of their flat events, for rules to match
 LEGACY_RESOURCE = "legacy"  # the body of the legacy WebHooks plugin, which has no resource header
 RESOURCE_HEADER = "Sentry-Hook-Resource"
 LINK_TEXT = "View in Sentry"
@@ -244,14 +248,8 @@ def metric_dedup_key(incident_id: str) -> str:
     return f"sentry-metric-{incident_id}"
 
 
-def is_sentry_event(event: Mapping[str, Any]) -> bool:
-    return event.get("source") == SOURCE
-
-
 def default_dedup_key(event: Mapping[str, Any]) -> str | None:
-    """`sentry-issue-<issue_id>`, or `sentry-metric-<incident_id>` for metric alerts; None otherwise."""
-    if not is_sentry_event(event):
-        return None
+    """`sentry-issue-<issue_id>`, or `sentry-metric-<incident_id>` for metric alerts; None without one."""
     sentry = event.get("sentry")
     if isinstance(sentry, Mapping) and sentry.get("resource") == "metric_alert":
         incident_id = event.get("incident_id")
@@ -261,14 +259,12 @@ def default_dedup_key(event: Mapping[str, Any]) -> str | None:
 
 
 def default_summary(event: Mapping[str, Any]) -> str | None:
-    """The title of a Sentry event; None for other events or without one."""
-    return _text(event.get("title")) if is_sentry_event(event) else None
+    """The title of a Sentry event; None without one."""
+    return _text(event.get("title"))
 
 
 def issue_link(event: Mapping[str, Any]) -> str | None:
     """Where a person looks at it in Sentry: the issue's URL (metric alerts: the incident's), if http(s)."""
-    if not is_sentry_event(event):
-        return None
     url = _text(event.get("issue_url")) or _text(event.get("incident_url"))
     return url if url and url.startswith(("https://", "http://")) else None
 
