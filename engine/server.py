@@ -146,7 +146,8 @@ async def post_sentry(request: web.Request) -> web.Response:
                 return error(401, exc.message)
         try:
             payload = json.loads(body)
-            webhook = sentry.to_event(resource, payload) if resource is not None else sentry.legacy_to_event(payload)
+            webhook = (sentry.to_event(resource, payload, issues_url=config.issues_url) if resource is not None
+                       else sentry.legacy_to_event(payload))
         except ValueError as exc:
             message = exc.message if isinstance(exc, sentry.SentryPayloadError) else f"invalid JSON: {exc}"
             return error(400, message)

@@ -26,15 +26,16 @@ from engine.sources.sentry import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sentry"
 NOW = dt.datetime(2026, 11, 28, 9, 46, 20, tzinfo=dt.UTC)
+ISSUES = "https://sentry.example.com/organizations/acme/issues/"  # sources.sentry url + organization
 
 
 def fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def mapped(resource: str, name: str) -> dict[str, Any]:
+def mapped(resource: str, name: str, issues_url: str | None = None) -> dict[str, Any]:
     """The flat event of a fixture, without the original payload kept under `sentry`."""
-    result = to_event(resource, fixture(name))
+    result = to_event(resource, fixture(name), issues_url=issues_url)
     assert result.event is not None and result.resolves is None
     return {k: v for k, v in result.event.items() if k != "sentry"}
 
@@ -105,6 +106,19 @@ def test_a_regression_and_an_assignment_flow_through_the_rules_like_new_issues()
     assert mapped("issue", "issue_assigned")["assignee"] == "Ada Lovelace"
 
 
+def test_issue_webhooks_carry_no_page_so_the_configured_sentry_and_organization_give_the_link():
+    assert "issue_url" not in mapped("issue", "issue_unresolved")  # Sentry's serialised issue has no web_url
+    regressed = mapped("issue", "issue_unresolved", ISSUES)
+    assert regressed["url"] == regressed["issue_url"] == ISSUES + "4242/"
+    # the page a payload does carry comes first
+    assert mapped("issue", "issue_created", ISSUES)["issue_url"] == \
+        "https://sentry.io/organizations/test-org/issues/1170820242/"
+    payload = fixture("event_alert_checkout_fatal")
+    del payload["data"]["event"]["web_url"]
+    event = to_event("event_alert", payload, issues_url=ISSUES).event
+    assert event is not None and event["issue_url"] == ISSUES + "4242/"
+
+
 @pytest.mark.parametrize("name", ["issue_resolved", "issue_ignored", "issue_archived"])
 def test_resolving_an_issue_in_sentry_resolves_its_alert_and_matches_nothing(name):
     result = to_event("issue", fixture(name))
@@ -122,6 +136,14 @@ def test_metric_alerts_give_title_status_rule_projects_and_incident():
     assert mapped("metric_alert", "metric_alert_warning")["level"] == "warning"
     resolved = to_event("metric_alert", fixture("metric_alert_resolved"))
     assert (resolved.event, resolved.resolves) == (None, "sentry-metric-4")
+
+
+def test_a_metric_alert_open_is_an_active_incident_at_no_threshold_level():
+    payload = fixture("metric_alert_critical")
+    payload["action"] = "open"
+    event = to_event("metric_alert", payload).event
+    assert event is not None
+    assert (event["status"], event["incident_id"], "level" in event) == ("open", "4", False)
 
 
 @pytest.mark.parametrize(

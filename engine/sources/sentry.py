@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from engine.sources.sentry_auth import (
     SIGNATURE_HEADER,
@@ -33,7 +34,7 @@ from engine.sources.sentry_auth import (
 __all__ = [
     "AUTO_SEVERITY", "LINK_TEXT", "ORIGIN", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReplayGuard",
     "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "default_dedup_key",
-    "default_summary", "issue_dedup_key", "issue_link", "legacy_to_event", "metric_dedup_key", "to_event",
+    "default_summary", "issue_dedup_key", "issue_link", "issue_page", "legacy_to_event", "metric_dedup_key", "to_event",
     "verify",
 ]
 
@@ -47,7 +48,8 @@ AUTO_SEVERITY = "auto"  # `severity: auto` on a rule: the severity follows the e
 _SEVERITY_OF_LEVEL = {"fatal": "critical", "error": "error", "warning": "warning", "info": "info", "debug": "info"}
 _ISSUE_ACTIONS = frozenset({"created", "unresolved", "resolved", "ignored", "archived", "assigned"})
 _ISSUE_RESOLVING = frozenset({"resolved", "ignored", "archived"})
-_METRIC_LEVELS = {"critical": "fatal", "warning": "warning", "resolved": "info"}  # action -> level
+_METRIC_ACTIVE = frozenset({"critical", "warning", "open"})  # open: active, at no threshold's level
+_METRIC_LEVELS = {"critical": "fatal", "warning": "warning"}  # action -> level
 _ISSUE_WEB_URL = re.compile(r"^(https?://.*?/issues/[^/?#]+/?)")
 _API_PROJECT = re.compile(r"/api/0/projects/[^/]+/([^/]+)/")
 
@@ -82,8 +84,12 @@ class SentryEvent:
 # --- payloads -> events ---------------------------------------------------------------------------
 
 
-def to_event(resource: str, payload: Any) -> SentryEvent:
-    """The meaning of one integration-platform webhook; SentryPayloadError when a known one is malformed."""
+def to_event(resource: str, payload: Any, *, issues_url: str | None = None) -> SentryEvent:
+    """The meaning of one integration-platform webhook; SentryPayloadError when a known one is malformed.
+
+    `issues_url` (`{url}/organizations/{org}/issues/`, from the config) gives issues whose payload has no
+    page of its own a link: `{issues_url}{id}/`.
+    """
     resource = resource.strip().lower()
     if not resource:
         raise SentryPayloadError(f"missing {RESOURCE_HEADER} header")
@@ -94,10 +100,15 @@ def to_event(resource: str, payload: Any) -> SentryEvent:
         return SentryEvent(resource, action if isinstance(action, str) else "", _installation(body))
     if not isinstance(action, str) or not action:
         raise SentryPayloadError(f"'action' must be a non-empty string, not {_kind(action)}")
-    return mapping(action, body)
+    return mapping(action, body, issues_url)
 
 
-def _event_alert(action: str, body: dict[str, Any]) -> SentryEvent:
+def issue_page(issues_url: str | None, issue_id: str) -> str | None:
+    """`{issues_url}{issue_id}/`: an issue's page in Sentry's web UI; None without `issues_url`."""
+    return f"{issues_url}{quote(issue_id, safe='')}/" if issues_url else None
+
+
+def _event_alert(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
     data = _member(body, "data", "data")
     original = _member(data, "event", "data.event")
     issue_id = _ident(original, "issue_id", "data.event.issue_id")
@@ -113,14 +124,16 @@ def _event_alert(action: str, body: dict[str, Any]) -> SentryEvent:
         "project_id": str(original["project"]) if _is_id(original.get("project")) else None,
         "url": web_url,
         "issue_id": issue_id,
-        "issue_url": _issue_web_url(web_url),
+        "issue_url": _issue_web_url(web_url) or issue_page(issues_url, issue_id),
         "triggered_rule": _text(data.get("triggered_rule")) or _text(rule_title),
         "tags": tags,
     })
     return SentryEvent("event_alert", action, f"issue {issue_id}", event)
 
 
-def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
+def _issue(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
+    """Sentry's serialised issue has no page of its own (`permalink` is null without a user), hence
+    `issues_url`."""
     data = _member(body, "data", "data")
     issue = _member(data, "issue", "data.issue")
     issue_id = _ident(issue, "id", "data.issue.id")
@@ -130,7 +143,7 @@ def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
     if action not in _ISSUE_ACTIONS:
         return SentryEvent("issue", action, subject)
     project = issue.get("project")
-    web_url = _text(issue.get("web_url")) or _text(issue.get("permalink"))
+    web_url = _text(issue.get("web_url")) or _text(issue.get("permalink")) or issue_page(issues_url, issue_id)
     event = _flat("issue", action, {"data": data}, {
         "issue_id": issue_id,
         "short_id": _text(issue.get("shortId")),
@@ -149,16 +162,16 @@ def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
     return SentryEvent("issue", action, subject, event)
 
 
-def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
+def _metric_alert(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
     data = _member(body, "data", "data")
     incident = _member(data, "metric_alert", "data.metric_alert")
     incident_id = _ident(incident, "id", "data.metric_alert.id")
     subject = f"metric alert {incident_id}"
     if action == "resolved":
         return SentryEvent("metric_alert", action, subject, resolves=metric_dedup_key(incident_id))
-    if action not in _METRIC_LEVELS:
+    if action not in _METRIC_ACTIVE:
         return SentryEvent("metric_alert", action, subject)
-    rule = incident.get("alert_rule") if isinstance(incident.get("alert_rule"), dict) else {}
+    rule: dict[str, Any] = incident["alert_rule"] if isinstance(incident.get("alert_rule"), dict) else {}
     projects = [p for p in (incident.get("projects") or rule.get("projects") or []) if isinstance(p, str)]
     web_url = _text(data.get("web_url"))
     rule_id = rule.get("id")
@@ -166,7 +179,7 @@ def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
         "title": _text(data.get("description_title")) or _text(incident.get("title")) or _text(rule.get("name")),
         "description": _text(data.get("description_text")),
         "status": action,
-        "level": _METRIC_LEVELS[action],
+        "level": _METRIC_LEVELS.get(action),
         "alert_rule": _text(rule.get("name")),
         "alert_rule_id": str(rule_id) if _is_id(rule_id) else None,
         "projects": projects or None,
@@ -180,7 +193,7 @@ def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
     return SentryEvent("metric_alert", action, subject, event)
 
 
-_MAPPINGS: dict[str, Callable[[str, dict[str, Any]], SentryEvent]] = {
+_MAPPINGS: dict[str, Callable[[str, dict[str, Any], str | None], SentryEvent]] = {
     "event_alert": _event_alert,
     "issue": _issue,
     "metric_alert": _metric_alert,
