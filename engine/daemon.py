@@ -40,7 +40,6 @@ from engine.sdnotify import Notifier
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
 from engine.sources import sentry
-from engine.sources.sentry_auth import ReplayGuard
 from engine.state import Silence, State
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
@@ -66,7 +65,6 @@ class Daemon:
         self.stopping = False
         self.tokens: frozenset[str] = frozenset()
         self.sentry_secrets: frozenset[str] = frozenset()
-        self.sentry_replays = ReplayGuard(config.sentry.max_age if config.sentry else 300.0)
         self.ruleset: RuleSet
         self.loaded_at = 0.0
         self.last_reload: ReloadResult
@@ -198,7 +196,8 @@ class Daemon:
 
     async def accept_sentry(self, webhook: sentry.SentryEvent) -> dict[str, Any]:
         """A verified Sentry webhook: its event goes through the rules (with Sentry's defaults), its resolve
-        through the state."""
+        through the state. A resend has the same effect again: a resolve finds the alert resolved, a
+        trigger is a duplicate PagerDuty deduplicates by its dedup key."""
         log.info("%s", webhook.describe())
         if webhook.resolves is not None:
             return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves, time.time())}

@@ -16,6 +16,7 @@ from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
 from engine.sources.sentry import (
     ORIGIN,
+    BodyTime,
     SentryEvent,
     SentryPayloadError,
     auto_severity,
@@ -144,6 +145,33 @@ def test_a_metric_alert_open_is_an_active_incident_at_no_threshold_level():
     event = to_event("metric_alert", payload).event
     assert event is not None
     assert (event["status"], event["incident_id"], "level" in event) == ("open", "4", False)
+
+
+# --- the body's own time ----------------------------------------------------------------------------
+
+
+def test_an_event_alert_is_dated_by_sentrys_receipt_of_the_event_else_by_the_events_own_time():
+    payload = fixture("event_alert_checkout_fatal")
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.received", 1795856400.0)
+    del payload["data"]["event"]["received"]
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.datetime", 1795856400.0)
+    payload["data"]["event"]["datetime"] = "not a time"
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.timestamp", 1795856400.0)
+    payload["data"]["event"].update(received=10**400, datetime=float("inf"), timestamp="9999-12-31T23:59:59-01:00")
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.timestamp", 253402304399.0)
+
+
+def test_a_metric_alert_resolve_is_dated_by_its_close_and_nothing_else_is_dated():
+    payload = fixture("metric_alert_resolved")
+    assert to_event("metric_alert", payload).happened is None  # date_closed: null
+    payload["data"]["metric_alert"]["date_closed"] = "2020-09-13T12:36:40.000000Z"
+    assert to_event("metric_alert", payload).happened == BodyTime("data.metric_alert.date_closed", 1600000600.0)
+    # the incident's other dates are its start's: a later critical -> warning change carries them unchanged
+    assert to_event("metric_alert", fixture("metric_alert_critical")).happened is None
+    # an issue's lastSeen is its last event's, days before a resolve perhaps; the legacy plugin signs nothing
+    assert to_event("issue", fixture("issue_resolved")).happened is None
+    assert to_event("issue", fixture("issue_unresolved")).happened is None
+    assert legacy_to_event(fixture("legacy_webhook")).happened is None
 
 
 @pytest.mark.parametrize(

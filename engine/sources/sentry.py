@@ -2,8 +2,8 @@
 
 Pure: no I/O, no clock. The caller first checks the request with `verify` (from `sentry_auth`,
 re-exported here), answering 401 for `SentryAuthError`; then `to_event` (or `legacy_to_event` for the
-legacy WebHooks plugin body) gives its meaning, 400 for `SentryPayloadError`, else 200. A `SentryEvent`
-whose `event` is None is logged, never matched.
+legacy WebHooks plugin body) gives its meaning, 400 for `SentryPayloadError`; then `check_body_time` on
+its `happened`, 401 again; else 202. A `SentryEvent` whose `event` is None is logged, never matched.
 
 Sentry's integration platform names the resource in `Sentry-Hook-Resource`: installation, event_alert,
 issue, metric_alert, error, comment, ... Every flat event has `source: sentry` and
@@ -17,25 +17,28 @@ Sentry's defaults below (dedup key, summary, link) apply to events that came in 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from engine.sources.sentry_auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ReplayGuard,
+    BodyTime,
     SentryAuthError,
+    check_body_time,
     verify,
 )
 
 __all__ = [
-    "AUTO_SEVERITY", "LINK_TEXT", "ORIGIN", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReplayGuard",
-    "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "default_dedup_key",
-    "default_summary", "issue_dedup_key", "issue_link", "issue_page", "legacy_to_event", "metric_dedup_key", "to_event",
-    "verify",
+    "AUTO_SEVERITY", "LINK_TEXT", "ORIGIN", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "BodyTime",
+    "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "check_body_time",
+    "default_dedup_key", "default_summary", "issue_dedup_key", "issue_link", "issue_page", "legacy_to_event",
+    "metric_dedup_key", "to_event", "verify",
 ]
 
 ORIGIN = "sentry"  # the `origin` of events that came in by POST /v1/sources/sentry
@@ -50,6 +53,7 @@ _ISSUE_ACTIONS = frozenset({"created", "unresolved", "resolved", "ignored", "arc
 _ISSUE_RESOLVING = frozenset({"resolved", "ignored", "archived"})
 _METRIC_ACTIVE = frozenset({"critical", "warning", "open"})  # open: active, at no threshold's level
 _METRIC_LEVELS = {"critical": "fatal", "warning": "warning"}  # action -> level
+_EVENT_TIMES = ("received", "datetime", "timestamp")  # Sentry's clock on receipt first, then the SDK's
 _ISSUE_WEB_URL = re.compile(r"^(https?://.*?/issues/[^/?#]+/?)")
 _API_PROJECT = re.compile(r"/api/0/projects/[^/]+/([^/]+)/")
 
@@ -71,6 +75,7 @@ class SentryEvent:
     subject: str = ""  # what it is about, for logs: "issue 4242", "metric alert 4"
     event: dict[str, Any] | None = field(default=None, repr=False, hash=False)
     resolves: str | None = None
+    happened: BodyTime | None = None  # when its news happened by the body's own time, where it says
 
     def describe(self) -> str:
         text = f"sentry {self.resource} {self.action}".rstrip()
@@ -112,8 +117,9 @@ def _event_alert(action: str, body: dict[str, Any], issues_url: str | None) -> S
     data = _member(body, "data", "data")
     original = _member(data, "event", "data.event")
     issue_id = _ident(original, "issue_id", "data.event.issue_id")
+    happened = _first_time(original, _EVENT_TIMES, "data.event")
     if action != "triggered":
-        return SentryEvent("event_alert", action, f"issue {issue_id}")
+        return SentryEvent("event_alert", action, f"issue {issue_id}", happened=happened)
     tags = _tags(original.get("tags"), "data.event.tags")
     issue_alert = data.get("issue_alert")
     rule_title = issue_alert.get("title") if isinstance(issue_alert, dict) else None
@@ -128,12 +134,13 @@ def _event_alert(action: str, body: dict[str, Any], issues_url: str | None) -> S
         "triggered_rule": _text(data.get("triggered_rule")) or _text(rule_title),
         "tags": tags,
     })
-    return SentryEvent("event_alert", action, f"issue {issue_id}", event)
+    return SentryEvent("event_alert", action, f"issue {issue_id}", event, happened=happened)
 
 
 def _issue(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
-    """Sentry's serialised issue has no page of its own (`permalink` is null without a user), hence
-    `issues_url`."""
+    """Issue webhooks carry no time of their news: `lastSeen` is the issue's last event, which can be
+    days before a resolve or an assignment. Sentry's serialised issue has no page of its own either
+    (`permalink` is null without a user), hence `issues_url`."""
     data = _member(body, "data", "data")
     issue = _member(data, "issue", "data.issue")
     issue_id = _ident(issue, "id", "data.issue.id")
@@ -163,12 +170,15 @@ def _issue(action: str, body: dict[str, Any], issues_url: str | None) -> SentryE
 
 
 def _metric_alert(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
+    """Only a resolve carries the time of its news (`date_closed`): the incident's other dates are those
+    of its start, which a later critical -> warning -> critical change carries unchanged."""
     data = _member(body, "data", "data")
     incident = _member(data, "metric_alert", "data.metric_alert")
     incident_id = _ident(incident, "id", "data.metric_alert.id")
     subject = f"metric alert {incident_id}"
     if action == "resolved":
-        return SentryEvent("metric_alert", action, subject, resolves=metric_dedup_key(incident_id))
+        return SentryEvent("metric_alert", action, subject, resolves=metric_dedup_key(incident_id),
+                           happened=_first_time(incident, ("date_closed",), "data.metric_alert"))
     if action not in _METRIC_ACTIVE:
         return SentryEvent("metric_alert", action, subject)
     rule: dict[str, Any] = incident["alert_rule"] if isinstance(incident.get("alert_rule"), dict) else {}
@@ -201,7 +211,9 @@ _MAPPINGS: dict[str, Callable[[str, dict[str, Any], str | None], SentryEvent]] =
 
 
 def legacy_to_event(payload: Any) -> SentryEvent:
-    """The legacy WebHooks plugin body: `{id, project, culprit, level, url, message, event: {...}}`."""
+    """The legacy WebHooks plugin body: `{id, project, culprit, level, url, message, event: {...}}`.
+
+    No `happened`: the plugin signs nothing, so whoever can send it can write any time into it too."""
     body = _object(payload, "the body")
     issue_id = _ident(body, "id", "id")
     project = _text(body.get("project"))
@@ -329,6 +341,31 @@ def _ident(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _first_time(obj: Mapping[str, Any], keys: tuple[str, ...], where: str) -> BodyTime | None:
+    """The first of `keys` in `obj` holding a time (ISO 8601, or seconds since the epoch)."""
+    for key in keys:
+        moment = _epoch_seconds(obj.get(key))
+        if moment is not None:
+            return BodyTime(f"{where}.{key}", moment)
+    return None
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+        return seconds if math.isfinite(seconds) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _tags(value: Any, where: str) -> dict[str, Any]:
