@@ -1,12 +1,14 @@
 """Sentry webhooks through the daemon: signatures and freshness, resends and retries that are harmless in
 effect, Sentry's behaviour following the endpoint, an incident that follows its Sentry issue from trigger
-to resolve."""
+to resolve, and the hand test that docs/sentry.md gives operators."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
+import re
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -227,3 +229,51 @@ async def test_unsigned_legacy_when_allowed_and_404_without_a_secret(start_daemo
     status, answer = await post(plain, legacy, {"Content-Type": "application/json"})
     assert status == 404 and "not configured" in answer["error"]
     await plain.stop()
+
+
+# --- the hand test of docs/sentry.md --------------------------------------------------------------------
+
+
+def hand_test() -> tuple[str, list[str]]:
+    """The sample webhook and the shell blocks of docs/sentry.md's "Test the endpoint by hand"."""
+    doc = (REPO / "docs" / "sentry.md").read_text()
+    section = doc[doc.index("## Test the endpoint by hand"):]
+    section = section[:section.index("\n## ", 1)]
+    [sample] = re.findall(r"```json\n(.*?)```", section, re.S)
+    return sample, re.findall(r"```sh\n(.*?)```", section, re.S)
+
+
+async def sh(script: str, cwd: Path) -> str:
+    proc = await asyncio.create_subprocess_exec("bash", "-euo", "pipefail", "-c", script, cwd=cwd,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_the_documented_hand_test_signs_as_the_daemon_verifies_and_pages_then_resolves(
+        start_daemon, fake_pagerduty, tmp_path):
+    secrets = tmp_path / "sentry-secret"
+    secrets.write_text(f"# the newest first\n{SECRET}  \n{OLD_SECRET}\n")
+    env = {f"PD_{name.upper()}_KEY": service_key(name) for name in ("payments", "sre", "data", "ops_legacy")}
+    (tmp_path / "rules").mkdir()  # the example rules: rules/sentry.yaml and the services it pages
+    (tmp_path / "rules" / "services.yaml").write_text((REPO / "rules" / "services.yaml").read_text())
+    daemon = await start_daemon((REPO / "rules" / "sentry.yaml").read_text(), env=env,
+                                sources={"sentry": {"client_secret_file": str(secrets)}})
+    sample, (send, make_resolve) = hand_test()
+    work = tmp_path / "operator"
+    work.mkdir()
+    (work / "sample-webhook.json").write_text(sample)
+    assert "ENGINE=http://127.0.0.1:9595\n" in send and "/etc/alert-engine/sentry-client-secret" in send
+    send = send.replace("ENGINE=http://127.0.0.1:9595", f"ENGINE={daemon.url}")
+    send = send.replace("/etc/alert-engine/sentry-client-secret", str(secrets))
+    doc = (REPO / "docs" / "sentry.md").read_text()
+    answer = await sh(send, work)
+    assert answer == '{"accepted": 1, "matched": 1, "notifications": 1}' and answer in doc
+    page = (await fake_pagerduty.wait_for(1))[0].body
+    assert (page["routing_key"], page["dedup_key"]) == (service_key("payments"), "sentry-issue-4242")
+    assert page["payload"]["summary"] in doc
+    await sh(make_resolve, work)
+    assert await sh(send, work) == '{"resolved": 1}'
+    assert (await fake_pagerduty.wait_for(2))[1].body["event_action"] == "resolve"
+    await daemon.stop()
