@@ -29,6 +29,7 @@ from engine.reload import load_rules
 from engine.rules import LoadResult, load_ruleset
 from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
+from engine.sources import sentry
 from engine.sources.events import EventError, parse_events
 
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
@@ -100,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="NDJSON or a JSON array (or one object) of events; '-' reads stdin")
     ev.add_argument("--url", default=DEFAULT_PAGERDUTY_URL, help="PagerDuty base URL shown in 'url' "
                     "(default: %(default)s)")
+    ev.add_argument("--via", choices=("events", "sentry"), default="events",
+                    help="the endpoint the events come in by: events (POST /v1/events, the default) or sentry "
+                    "(flat events as POST /v1/sources/sentry makes them, see docs/sentry.md: Sentry's dedup "
+                    "keys, summaries and 'View in Sentry' links apply)")
     ev.set_defaults(func=cmd_eval)
 
     test = sub.add_parser("test", help="run rule unit tests",
@@ -260,8 +265,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     now = datetime.now(UTC)
     base = args.url.rstrip("/")
+    origin = sentry.ORIGIN if args.via == "sentry" else None
     for i, event in enumerate(events):
-        for n in fan_out(result.ruleset, result.ruleset.match(event), now):
+        for n in fan_out(result.ruleset, result.ruleset.match(event), now, origin):
             line = {"event": i, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
                     "body": n.masked_body()}
             print(json.dumps(line, ensure_ascii=False))

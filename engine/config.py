@@ -45,6 +45,14 @@ class SentryConfig:
     client_secret_file: str
     max_age: float = 300.0
     allow_unsigned_legacy: bool = False
+    url: str = "https://sentry.io"
+    organization: str | None = None
+
+    @property
+    def issues_url(self) -> str | None:
+        """`{url}/organizations/{organization}/issues/`, where an issue's page is `{id}/`; None without an
+        organization."""
+        return f"{self.url}/organizations/{self.organization}/issues/" if self.organization else None
 
 
 @dataclass(frozen=True)
@@ -125,7 +133,9 @@ def _build(doc: Document) -> Config:
         log_level=log.get("level", "info"),
         self_alert_services=tuple(data.get("self_alerts", {}).get("services", ())),
         sentry=SentryConfig(path(sentry["client_secret_file"]), parse_duration(sentry.get("max_age", "5m")),
-                            sentry.get("allow_unsigned_legacy", False)) if sentry else None,
+                            sentry.get("allow_unsigned_legacy", False),
+                            sentry.get("url", SentryConfig.url).rstrip("/"),
+                            sentry.get("organization")) if sentry else None,
     )
 
 

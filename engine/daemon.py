@@ -39,8 +39,7 @@ from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
-from engine.sources.sentry import SentryEvent
-from engine.sources.sentry_auth import ReplayGuard
+from engine.sources import sentry
 from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
 from engine.store import StorageError
@@ -71,7 +70,6 @@ class Daemon:
         self.stopping = False
         self.tokens: ApiTokens | None = None
         self.sentry_secrets: frozenset[str] = frozenset()
-        self.sentry_replays = ReplayGuard(config.sentry.max_age if config.sentry else 300.0)
         self.ruleset: RuleSet
         self.loaded_at = 0.0
         self.last_reload: ReloadResult
@@ -213,14 +211,16 @@ class Daemon:
     async def accept(self, events: list[dict[str, Any]]) -> Accepted:
         return await self.intake.accept(self.ruleset, events)
 
-    async def accept_sentry(self, webhook: SentryEvent) -> dict[str, Any]:
-        """A verified Sentry webhook: its event goes through the rules, its resolve through the state."""
+    async def accept_sentry(self, webhook: sentry.SentryEvent) -> dict[str, Any]:
+        """A verified Sentry webhook: its event goes through the rules (with Sentry's defaults), its resolve
+        through the state. A resend has the same effect again: a resolve finds the alert resolved, a
+        trigger is a duplicate PagerDuty deduplicates by its dedup key."""
         log.info("%s", webhook.describe())
         if webhook.resolves is not None:
             return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves)}
         if webhook.event is None:
             return {"accepted": 0, "matched": 0, "notifications": 0}
-        accepted = await self.accept([webhook.event])
+        accepted = await self.intake.accept(self.ruleset, [webhook.event], origin=sentry.ORIGIN)
         return {"accepted": accepted.accepted, "matched": accepted.matched, "notifications": accepted.notifications}
 
     # -- reload ---------------------------------------------------------------------------------------

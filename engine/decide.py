@@ -1,9 +1,11 @@
 """Deciding what to page: thresholds, spikes, changes, absence, throttles, mute windows, inhibition,
 silences and resolves. Deterministic and free of I/O: time is the `now` passed in.
 
-`decide(ruleset, state, event, now)` handles one event; `tick(ruleset, state, now)` does the timed work
-(resolve-after, absent checks, the end of mute windows, silence expiry, pruning). Both update `state` in
-place (the caller stores `state.changes()` with the notifications) and return the notifications to send.
+`decide(ruleset, state, event, now, origin=...)` handles one event (`origin`: the endpoint it came in
+by, `sentry.ORIGIN` for Sentry's webhooks, None for POST /v1/events); `tick(ruleset, state, now)` does
+the timed work (resolve-after, absent checks, the end of mute windows, silence expiry, pruning). Both
+update `state` in place (the caller stores `state.changes()` with the notifications) and return the
+notifications to send.
 
 A rule with no stateful keys pages on every match and keeps no state at all.
 """
@@ -19,6 +21,7 @@ from engine.render import Notification, add_details, alert_key, render_resolve
 from engine.rules.conditions import MISSING, field_values, value_getter
 from engine.rules.policy import STATELESS
 from engine.rules.ruleset import Match, Rule, RuleSet
+from engine.sources import sentry
 from engine.state import Group, State
 from engine.units import iso_seconds
 
@@ -29,17 +32,17 @@ STALE_OPEN = 30 * 86400.0  # an open alert that can still be resolved is forgott
 
 
 def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
-           matches: list[Match] | None = None) -> list[Notification]:
+           matches: list[Match] | None = None, *, origin: str | None = None) -> list[Notification]:
     """The notifications one event causes, and the state it leaves behind. `matches`: the event's
-    matches on `ruleset` when the caller already has them."""
+    matches on `ruleset` when the caller already has them. `origin`: the endpoint the event came in by."""
     out: list[Notification] = []
     resolvers = [ruleset.rules[i] for i in ruleset.resolvers(event)]  # a list: rule-file order
     resolving = {rule.name for rule in resolvers}
     for rule in resolvers:
-        out += _resolve_match(ruleset, state, rule, event, now)
+        out += _resolve_match(ruleset, state, rule, event, now, origin)
     for m in ruleset.match(event) if matches is None else matches:
         if m.rule.name not in resolving:
-            out += _on_match(ruleset, state, m.rule, event, now)
+            out += _on_match(ruleset, state, m.rule, event, now, origin)
     return out
 
 
@@ -68,39 +71,40 @@ def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
 
 
 def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notification]:
-    """Resolve every open alert with this dedup key, on every service it paged (Sentry resolves)."""
+    """Sentry's resolve: every open alert with this dedup key whose events came in by the Sentry endpoint,
+    on every service it paged. An alert already resolved is left alone (a resend does nothing)."""
     out: list[Notification] = []
     for name in list(state.groups):
         g = state.groups[name].get(dedup_key)
         rule = ruleset.rule(name)
-        if g is not None and g.open and rule is not None:
+        if g is not None and g.open and _resolved_elsewhere(g.origin) and rule is not None:
             out += _close(ruleset, state, rule, g)
     return out
 
 
-def _on_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float
-              ) -> list[Notification]:
+def _on_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float,
+              origin: str | None) -> list[Notification]:
     policy = rule.policy
-    if policy is STATELESS and rule.name not in ruleset.inhibit_fields and not _resolved_elsewhere(event):
+    if policy is STATELESS and rule.name not in ruleset.inhibit_fields and not _resolved_elsewhere(origin):
         # nothing can resolve or use this alert: page every match and keep no state
-        if state.silences and _silence(state, rule, event, alert_key(rule, event, _moment(now)), now):
+        if state.silences and _silence(state, rule, event, alert_key(rule, event, _moment(now), origin), now):
             return []
-        return _render(ruleset, rule, event, now, {})
-    g = state.group(rule.name, alert_key(rule, event, _moment(now)))
+        return _render(ruleset, rule, event, now, {}, origin)
+    g = state.group(rule.name, alert_key(rule, event, _moment(now), origin))
     state.touch(g)
     g.last_seen = now
     if policy.absent:  # a heartbeat: it can only end an absence
-        g.event = dict(event)
+        g.event, g.origin = dict(event), origin
         return _close(ruleset, state, rule, g) if g.open else []
     if not _fires(policy, g, event, now):
         return []
-    g.event = dict(event)
+    g.event, g.origin = dict(event), origin
     return _trigger(ruleset, state, rule, g, event, now)
 
 
-def _resolved_elsewhere(event: Mapping[str, Any]) -> bool:
-    """Events whose source resolves them later (Sentry resolves its issues): their alerts are tracked."""
-    return event.get("source") == "sentry"
+def _resolved_elsewhere(origin: str | None) -> bool:
+    """Events of an endpoint that resolves them later (Sentry resolves its issues): their alerts are tracked."""
+    return origin == sentry.ORIGIN
 
 
 def _fires(policy: Any, g: Group, event: Mapping[str, Any], now: float) -> bool:
@@ -157,7 +161,7 @@ def _trigger(ruleset: RuleSet, state: State, rule: Rule, g: Group, event: Mappin
     if g.suppressed:
         extra = {"suppressed_count": g.suppressed, "suppressed_since": _iso(g.suppressed_first),
                  "suppressed_until": _iso(g.suppressed_last)}
-    notifications = _render(ruleset, rule, event, now, extra)
+    notifications = _render(ruleset, rule, event, now, extra, g.origin)
     g.open, g.held = True, False
     g.services = [n.service for n in notifications]
     g.last_trigger = now
@@ -165,9 +169,9 @@ def _trigger(ruleset: RuleSet, state: State, rule: Rule, g: Group, event: Mappin
     return notifications
 
 
-def _resolve_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float
-                   ) -> list[Notification]:
-    g = state.groups.get(rule.name, {}).get(alert_key(rule, event, _moment(now)))
+def _resolve_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float,
+                   origin: str | None) -> list[Notification]:
+    g = state.groups.get(rule.name, {}).get(alert_key(rule, event, _moment(now), origin))
     if g is None or not g.open:
         return []
     g.last_seen = now
@@ -183,9 +187,9 @@ def _close(ruleset: RuleSet, state: State, rule: Rule, g: Group) -> list[Notific
     return [render_resolve(rule.name, ruleset.services[s], g.key) for s in services if s in ruleset.services]
 
 
-def _render(ruleset: RuleSet, rule: Rule, event: Mapping[str, Any], now: float, extra: dict[str, Any]
-            ) -> list[Notification]:
-    out = fan_out(ruleset, [Match(rule, event)], _moment(now))
+def _render(ruleset: RuleSet, rule: Rule, event: Mapping[str, Any], now: float, extra: dict[str, Any],
+            origin: str | None) -> list[Notification]:
+    out = fan_out(ruleset, [Match(rule, event)], _moment(now), origin)
     return [add_details(n, extra) for n in out] if extra else out
 
 
@@ -236,7 +240,7 @@ def _forgettable(rule: Rule, g: Group, now: float) -> bool:
     if policy.absent or g.has_value or g.held:
         return False
     quiet = _quiet(g, now)
-    if g.open and (policy.resolve_after or policy.resolve_match or _resolved_elsewhere(g.event or {})):
+    if g.open and (policy.resolve_after or policy.resolve_match or _resolved_elsewhere(g.origin)):
         return quiet >= STALE_OPEN
     return quiet >= max(IDLE_KEPT, policy.throttle or 0, policy.threshold.window if policy.threshold else 0,
                         2 * policy.spike.window if policy.spike else 0)

@@ -9,7 +9,9 @@ from engine.render import Notification, render
 from engine.rules.ruleset import Match, RuleSet
 
 
-def fan_out(ruleset: RuleSet, matches: Sequence[Match], now: datetime) -> list[Notification]:
-    """The notifications the matches cause, in rule-file order, then in each rule's service order."""
+def fan_out(ruleset: RuleSet, matches: Sequence[Match], now: datetime, origin: str | None = None
+            ) -> list[Notification]:
+    """The notifications the matches cause, in rule-file order, then in each rule's service order; `origin`:
+    the endpoint their event came in by (see `render`)."""
     services = ruleset.services
-    return [render(m, services[name], now) for m in matches for name in m.rule.services]
+    return [render(m, services[name], now, origin) for m in matches for name in m.rule.services]

@@ -89,13 +89,15 @@ class Intake:
 
     # -- what callers submit --------------------------------------------------------------------------
 
-    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]]) -> Accepted:
-        """Match and decide every event on `ruleset`, commit the notifications, then wake delivery."""
+    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], *, origin: str | None = None
+                     ) -> Accepted:
+        """Match and decide every event on `ruleset`, commit the notifications, then wake delivery.
+        `origin`: the endpoint the events came in by (`sentry.ORIGIN`), None for POST /v1/events."""
         matches = await self._match(ruleset, events)
 
         def step(now: float) -> Iterator[list[Notification]]:
             for event, matched in zip(events, matches, strict=True):
-                yield decide(ruleset, self.state, event, now, matched)
+                yield decide(ruleset, self.state, event, now, matched, origin=origin)
 
         notifications = await self.submit(step)
         matched = sum(1 for m in matches if m)

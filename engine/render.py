@@ -10,10 +10,11 @@ Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
 - source: the rule's template, else `event.host` (a non-empty string or a number), else `alert-engine`.
   PagerDuty refuses a blank summary or source (400, final): a template that renders blank (empty or
   whitespace) takes the default and is recorded as a template error.
-- Sentry events (`source: sentry`, engine/sources/sentry.py): the summary defaults to the event's title
-  and the dedup key to `sentry-issue-<issue_id>` (metric alerts: `sentry-metric-<incident_id>`), before
-  the defaults below; the issue's (or incident's) URL becomes v2 `client_url` and a link "View in Sentry"
-  after the rule's links (v1: a link context, and `client_url` too).
+- Events that came in by the Sentry endpoint (`origin="sentry"`, engine/sources/sentry.py; never decided
+  by a field of the event): the summary defaults to the event's title and the dedup key to
+  `sentry-issue-<issue_id>` (metric alerts: `sentry-metric-<incident_id>`), before the defaults below;
+  the issue's (or incident's) URL becomes v2 `client_url` and a link "View in Sentry" after the rule's
+  links (v1: a link context, and `client_url` too).
 - dedup key: the rule's template, else the rule name and the `group_by` values joined by `/` (a
   non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
   empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
@@ -98,13 +99,14 @@ class Notification:
         return masked
 
 
-def render(match: Match, service: Service, now: dt.datetime) -> Notification:
-    """The trigger notification of `match` for `service` (v1 or v2, as the service says)."""
-    rendering = _Rendering(match.rule, match.event, now)
+def render(match: Match, service: Service, now: dt.datetime, origin: str | None = None) -> Notification:
+    """The trigger notification of `match` for `service` (v1 or v2, as the service says); `origin`: the
+    endpoint the event came in by (`sentry.ORIGIN`: Sentry's defaults), None for POST /v1/events."""
+    rendering = _Rendering(match.rule, match.event, now, origin)
     summary = _truncate(rendering.summary(), SUMMARY_LIMIT)
     dedup_key = limit_dedup_key(rendering.dedup_key())
     links, images = rendering.links(), rendering.images()
-    sentry_url = sentry.issue_link(match.event)
+    sentry_url = sentry.issue_link(match.event) if rendering.from_sentry else None
     if sentry_url and all(link["href"] != sentry_url for link in links):
         links.append({"href": sentry_url, "text": sentry.LINK_TEXT})
     if service.api == "v2":
@@ -161,10 +163,11 @@ def render_resolve(rule_name: str, service: Service, dedup_key: str) -> Notifica
 class _Rendering:
     """One rule's fields rendered for one event, collecting template failures as `{field: message}`."""
 
-    def __init__(self, rule: Rule, event: Mapping[str, Any], now: dt.datetime) -> None:
+    def __init__(self, rule: Rule, event: Mapping[str, Any], now: dt.datetime, origin: str | None) -> None:
         self.rule = rule
         self.event = event
         self.now = now
+        self.from_sentry = origin == sentry.ORIGIN
         self.ctx = context(rule, event, now)
         self.errors: dict[str, str] = {}
 
@@ -187,11 +190,13 @@ class _Rendering:
         return text
 
     def summary(self) -> str:
-        return (self.required_text(self.rule.summary, "summary") or sentry.default_summary(self.event)
+        return (self.required_text(self.rule.summary, "summary")
+                or (sentry.default_summary(self.event) if self.from_sentry else None)
                 or default_summary(self.rule, self.event))
 
     def dedup_key(self) -> str:
-        return (self.text(self.rule.dedup_key, "dedup_key") or sentry.default_dedup_key(self.event)
+        return (self.text(self.rule.dedup_key, "dedup_key")
+                or (sentry.default_dedup_key(self.event) if self.from_sentry else None)
                 or default_dedup_key(self.rule, self.event))
 
     def severity(self, service: Service) -> str:
@@ -361,9 +366,9 @@ def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> str:
     return encode(body)
 
 
-def alert_key(rule: Rule, event: Mapping[str, Any], now: dt.datetime) -> str:
-    """The dedup key a trigger of `rule` for `event` carries: the identity of the alert."""
-    return limit_dedup_key(_Rendering(rule, event, now).dedup_key())
+def alert_key(rule: Rule, event: Mapping[str, Any], now: dt.datetime, origin: str | None = None) -> str:
+    """The dedup key a trigger of `rule` for `event` (come in by `origin`) carries: the identity of the alert."""
+    return limit_dedup_key(_Rendering(rule, event, now, origin).dedup_key())
 
 
 def with_details(api: str, body: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

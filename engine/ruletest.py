@@ -1,8 +1,10 @@
 """`alert-engine test`: rule unit tests, like `promtool test rules`, run offline on a driven clock.
 
 A test file names `rule_files:` (relative to itself) and lists `tests:`, each with `events` and `expect`.
-An item of `events` is an event, sent at `0s`, or `{at: <duration>, event: {...}, repeat: N}` (any item
-with `at` is read this way): N copies of the event at that time since the test's start. The clock
+An item of `events` is an event, sent at `0s`, or `{at: <duration>, event: {...}, repeat: N, via: sentry}`
+(any item with `at` is read this way): N copies of the event at that time since the test's start, come
+in by POST /v1/events or, with `via: sentry`, by the Sentry endpoint (a flat event as docs/sentry.md
+shows: Sentry's dedup key, summary and link, and its alerts tracked for Sentry's resolves). The clock
 starts at `start` (ISO 8601 with a zone; default `DEFAULT_START`, so mute windows are reproducible) and
 runs until `until` or the last event, whichever is later. Each event is decided at its own time, in
 time order (as listed when times are equal); the timed work (`tick`) runs once per second of simulated
@@ -29,6 +31,7 @@ from engine.rules.errors import Problem, RuleError
 from engine.rules.load import load_file
 from engine.rules.ruleset import RuleSet
 from engine.rules.validate import schema_problems
+from engine.sources import sentry
 from engine.state import State
 from engine.units import parse_duration, parse_instant
 
@@ -36,6 +39,8 @@ DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 COMPARED = ("rule", "service", "action", "at", "dedup_key", "severity", "summary")
 _DEFAULTS = {"action": "trigger", "at": 0.0}  # left out of a sent notification's diff line
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60))
+_ORIGINS = {"events": None, "sentry": sentry.ORIGIN}  # `via:` -> the origin decide is given
+Timed = tuple[float, Mapping[str, Any], str | None]  # (seconds since the start, event, origin)
 
 
 @dataclass(frozen=True)
@@ -80,7 +85,7 @@ def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] |
     outcomes = []
     for test, begin in zip(doc.data["tests"], starts, strict=True):
         events = timeline(test["events"])
-        until = max([parse_duration(test.get("until", "0s")), *(at for at, _ in events)])
+        until = max([parse_duration(test.get("until", "0s")), *(at for at, _, _ in events)])
         sent = play(loaded.ruleset, events, until=until, start=begin)
         missing, unexpected = compare([expectation(item) for item in test["expect"]], sent)
         outcomes.append(Outcome(file, test["name"], tuple(missing), tuple(unexpected)))
@@ -92,19 +97,19 @@ def parse_start(text: str) -> float:
     return parse_instant(text, "start")
 
 
-def timeline(items: list[Mapping[str, Any]]) -> list[tuple[float, Mapping[str, Any]]]:
-    """(seconds since the start, event) for every event, in time order (stable: as listed)."""
-    events: list[tuple[float, Mapping[str, Any]]] = []
+def timeline(items: list[Mapping[str, Any]]) -> list[Timed]:
+    """(seconds since the start, event, origin) for every event, in time order (stable: as listed)."""
+    events: list[Timed] = []
     for item in items:
         if "at" in item:
-            events += [(parse_duration(item["at"]), item["event"])] * item.get("repeat", 1)
+            origin = _ORIGINS[item.get("via", "events")]
+            events += [(parse_duration(item["at"]), item["event"], origin)] * item.get("repeat", 1)
         else:
-            events.append((0.0, item))
-    return sorted(events, key=lambda pair: pair[0])
+            events.append((0.0, item, None))
+    return sorted(events, key=lambda timed: timed[0])
 
 
-def play(ruleset: RuleSet, events: list[tuple[float, Mapping[str, Any]]], *, until: float, start: float
-         ) -> list[tuple[float, Notification]]:
+def play(ruleset: RuleSet, events: list[Timed], *, until: float, start: float) -> list[tuple[float, Notification]]:
     """Drive `decide` and `tick` over the timeline: (seconds since the start, notification) as sent.
 
     Ticks run every whole second from 0 to `until`. While the state holds no group and no silence a tick
@@ -116,8 +121,8 @@ def play(ruleset: RuleSet, events: list[tuple[float, Mapping[str, Any]]], *, unt
     second = 0
     while second <= until:
         while pending and pending[-1][0] <= second:
-            at, event = pending.pop()
-            sent += [(at, n) for n in decide(ruleset, state, event, start + at)]
+            at, event, origin = pending.pop()
+            sent += [(at, n) for n in decide(ruleset, state, event, start + at, origin=origin)]
         sent += [(float(second), n) for n in tick(ruleset, state, start + second)]
         if state.groups or state.silences:
             second += 1

@@ -196,21 +196,31 @@ async def post_sentry(request: web.Request) -> web.Response:
         body = await request.read()
         resource = request.headers.get(sentry.RESOURCE_HEADER)
         signed = sentry_auth.SIGNATURE_HEADER in request.headers
+        now = time.time()
         if resource is not None or signed or not config.allow_unsigned_legacy:
             try:
                 sentry_auth.verify(body, request.headers, secrets=sorted(daemon.sentry_secrets),
-                                   max_age=config.max_age, now=time.time(), seen=daemon.sentry_replays)
+                                   max_age=config.max_age, now=now)
             except sentry_auth.SentryAuthError as exc:
-                log.warning("refused a Sentry webhook: %s", exc.message)
-                return error(401, exc.message)
+                return _refused(exc)
         try:
             payload = json.loads(body)
-            webhook = sentry.to_event(resource, payload) if resource is not None else sentry.legacy_to_event(payload)
+            webhook = (sentry.to_event(resource, payload, issues_url=config.issues_url) if resource is not None
+                       else sentry.legacy_to_event(payload))
         except ValueError as exc:
             message = exc.message if isinstance(exc, sentry.SentryPayloadError) else f"invalid JSON: {exc}"
             return error(400, message)
+        try:
+            sentry_auth.check_body_time(webhook.happened, max_age=config.max_age, now=now)
+        except sentry_auth.SentryAuthError as exc:
+            return _refused(exc)
         answer = await daemon.accept_sentry(webhook)
-    return web.json_response(answer, status=202 if answer.get("notifications") or answer.get("resolved") else 200)
+    return web.json_response(answer, status=202)
+
+
+def _refused(exc: sentry_auth.SentryAuthError) -> web.Response:
+    log.warning("refused a Sentry webhook: %s", exc.message)
+    return error(401, exc.message)
 
 
 async def healthz(request: web.Request) -> web.Response:

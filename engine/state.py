@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from engine.rules.conditions import Condition
+from engine.sources import sentry
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Group:
     has_value: bool = False
     last_seen: float | None = None  # the last matching event
     event: dict[str, Any] | None = None  # the event a (re)notification is rendered from
+    origin: str | None = None  # the endpoint that event came in by ("sentry": Sentry resolves it); None: /v1/events
     open: bool = False  # triggered and not resolved
     held: bool = False  # open, but its page was held by a mute window that renotifies at its end
     services: list[str] = field(default_factory=list)  # the services its trigger was sent to
@@ -45,6 +47,8 @@ class Group:
     def load(cls, text: str) -> Group:
         data = json.loads(text)
         data["buckets"] = {int(k): v for k, v in data.get("buckets", {}).items()}
+        if "origin" not in data:  # stored before origins were: Sentry's events were those with source: sentry
+            data["origin"] = sentry.ORIGIN if (data.get("event") or {}).get("source") == sentry.SOURCE else None
         return cls(**data)
 
 

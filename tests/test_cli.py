@@ -117,6 +117,20 @@ def test_eval_reads_a_json_array_from_stdin_and_works_without_keys(tmp_path):
     assert first["url"] == "http://127.0.0.1:1/v2/enqueue"
 
 
+def test_eval_via_sentry_gives_sentry_events_sentrys_defaults(tmp_path):
+    event = json.dumps({"source": "sentry", "issue_id": "4242", "title": "boom", "host": "a",
+                        "issue_url": "https://sentry.io/organizations/acme/issues/4242/", "http": {"status": 500}})
+    env = {"PD_PAY": KEY, "PD_OPS": KEY}
+    plain = run("eval", rules_file(tmp_path), "--events", "-", stdin=event, env=env)
+    via = run("eval", rules_file(tmp_path), "--events", "-", "--via", "sentry", stdin=event, env=env)
+    assert plain.returncode == via.returncode == 0, plain.stderr + via.stderr
+    plain_v2, via_v2 = (json.loads(p.stdout.splitlines()[0])["body"] for p in (plain, via))
+    assert (plain_v2["dedup_key"], plain_v2["payload"]["summary"]) == ("pay-5xx/a", "pay-5xx: boom")
+    assert "client_url" not in plain_v2  # a `source: sentry` field alone makes no Sentry event
+    assert (via_v2["dedup_key"], via_v2["payload"]["summary"]) == ("sentry-issue-4242", "boom")
+    assert via_v2["client_url"] == "https://sentry.io/organizations/acme/issues/4242/"
+
+
 def test_eval_bad_events_exit_1_naming_the_item(tmp_path):
     proc = run("eval", rules_file(tmp_path), "--events", "-", stdin='[{"a": 1}, 7]',
                env={"PD_PAY": KEY, "PD_OPS": KEY})

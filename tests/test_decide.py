@@ -10,7 +10,8 @@ from engine.render import Notification
 from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
 from engine.silences import parse_silence
-from engine.state import State
+from engine.sources.sentry import ORIGIN as SENTRY
+from engine.state import Group, State
 
 KEY = "0123456789abcdef0123456789abcdef"
 T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()  # a multiple of every spike bucket width used here
@@ -406,12 +407,45 @@ def test_sentry_alerts_are_tracked_so_sentrys_resolve_reaches_every_service_page
         """), State()
     decide(rs, state, {"level": "fatal", "issue": 7}, T0)
     assert state.groups == {}  # not from Sentry: nothing can resolve it, nothing kept
-    decide(rs, state, {"source": "sentry", "level": "fatal", "issue": 8}, T0)
+    decide(rs, state, {"level": "fatal", "issue": 8}, T0, origin=SENTRY)
     assert resolve_key(rs, state, "issue-7") == []
     resolves = resolve_key(rs, state, "issue-8")
     assert sent(resolves) == [("s", "pay", "resolve", "issue-8"), ("s", "ops", "resolve", "issue-8")]
     assert resolves[1].body == {"service_key": KEY, "event_type": "resolve", "incident_key": "issue-8"}
-    assert resolve_key(rs, state, "issue-8") == []
+    assert resolve_key(rs, state, "issue-8") == []  # Sentry says it again (a resend): nothing more to do
+
+
+def test_sentry_behaviour_follows_the_endpoint_never_a_source_field(tmp_path):
+    rs, state = load(tmp_path, """\
+        - {name: s, match: {field: level, equals: fatal}, services: [pay], throttle: 1h,
+           dedup_key: "sentry-issue-{{ event.issue_id }}"}
+        - {name: plain, match: {field: level, equals: fatal}, services: [pay]}
+        """), State()
+    claimed = {"source": "sentry", "level": "fatal", "issue_id": "9", "title": "boom"}
+    pages = decide(rs, state, claimed, T0)  # by POST /v1/events: a field is just a field
+    assert sent(pages) == [("s", "pay", "trigger", "sentry-issue-9"), ("plain", "pay", "trigger", "plain")]
+    assert pages[1].summary == "plain: boom" and "client_url" not in pages[1].body
+    assert list(state.groups) == ["s"]  # `plain` is stateless and not from Sentry: nothing kept
+    assert resolve_key(rs, state, "sentry-issue-9") == []  # Sentry resolves only what came from Sentry
+    assert state.groups["s"]["sentry-issue-9"].open
+
+
+def test_a_sentry_alert_held_by_a_mute_window_renotifies_with_sentrys_defaults(tmp_path):
+    rs, state = load(tmp_path, """\
+        - name: s
+          match: {field: level, equals: fatal}
+          services: [pay]
+          mute: [{start: "2026-01-01T01:00:00Z", end: "2026-01-01T02:00:00Z", on_end: renotify}]
+        """), State()
+    event = {"level": "fatal", "issue_id": "5", "title": "boom", "issue_url": "https://sentry.io/o/issues/5/"}
+    assert decide(rs, state, event, T0 + HOUR + 60, origin=SENTRY) == []
+    stored = Group.load(state.groups["s"]["sentry-issue-5"].dump())  # across a restart, too
+    assert stored.origin == SENTRY
+    state.groups["s"]["sentry-issue-5"] = stored
+    [page] = tick(rs, state, T0 + 2 * HOUR)
+    assert (page.dedup_key, page.summary, page.body["client_url"]) == ("sentry-issue-5", "boom",
+                                                                       "https://sentry.io/o/issues/5/")
+    assert sent(resolve_key(rs, state, "sentry-issue-5")) == [("s", "pay", "resolve", "sentry-issue-5")]
 
 
 def test_a_disabled_rule_never_pages_from_the_clock_but_still_resolves(tmp_path):

@@ -22,6 +22,7 @@ from engine.deliver import (
 from engine.metrics import Registry
 from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN
 from engine.store.sqlite import SQLiteStore
+from tests.conftest import service_key
 
 V2_PATH = "/v2/enqueue"
 V1_PATH = "/generic/2010-04-15/create_event.json"

@@ -15,6 +15,8 @@ from engine.render import render
 from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
 from engine.sources.sentry import (
+    ORIGIN,
+    BodyTime,
     SentryEvent,
     SentryPayloadError,
     auto_severity,
@@ -25,15 +27,16 @@ from engine.sources.sentry import (
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sentry"
 NOW = dt.datetime(2026, 11, 28, 9, 46, 20, tzinfo=dt.UTC)
+ISSUES = "https://sentry.example.com/organizations/acme/issues/"  # sources.sentry url + organization
 
 
 def fixture(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / f"{name}.json").read_text())
 
 
-def mapped(resource: str, name: str) -> dict[str, Any]:
+def mapped(resource: str, name: str, issues_url: str | None = None) -> dict[str, Any]:
     """The flat event of a fixture, without the original payload kept under `sentry`."""
-    result = to_event(resource, fixture(name))
+    result = to_event(resource, fixture(name), issues_url=issues_url)
     assert result.event is not None and result.resolves is None
     return {k: v for k, v in result.event.items() if k != "sentry"}
 
@@ -104,6 +107,19 @@ def test_a_regression_and_an_assignment_flow_through_the_rules_like_new_issues()
     assert mapped("issue", "issue_assigned")["assignee"] == "Ada Lovelace"
 
 
+def test_issue_webhooks_carry_no_page_so_the_configured_sentry_and_organization_give_the_link():
+    assert "issue_url" not in mapped("issue", "issue_unresolved")  # Sentry's serialised issue has no web_url
+    regressed = mapped("issue", "issue_unresolved", ISSUES)
+    assert regressed["url"] == regressed["issue_url"] == ISSUES + "4242/"
+    # the page a payload does carry comes first
+    assert mapped("issue", "issue_created", ISSUES)["issue_url"] == \
+        "https://sentry.io/organizations/test-org/issues/1170820242/"
+    payload = fixture("event_alert_checkout_fatal")
+    del payload["data"]["event"]["web_url"]
+    event = to_event("event_alert", payload, issues_url=ISSUES).event
+    assert event is not None and event["issue_url"] == ISSUES + "4242/"
+
+
 @pytest.mark.parametrize("name", ["issue_resolved", "issue_ignored", "issue_archived"])
 def test_resolving_an_issue_in_sentry_resolves_its_alert_and_matches_nothing(name):
     result = to_event("issue", fixture(name))
@@ -121,6 +137,41 @@ def test_metric_alerts_give_title_status_rule_projects_and_incident():
     assert mapped("metric_alert", "metric_alert_warning")["level"] == "warning"
     resolved = to_event("metric_alert", fixture("metric_alert_resolved"))
     assert (resolved.event, resolved.resolves) == (None, "sentry-metric-4")
+
+
+def test_a_metric_alert_open_is_an_active_incident_at_no_threshold_level():
+    payload = fixture("metric_alert_critical")
+    payload["action"] = "open"
+    event = to_event("metric_alert", payload).event
+    assert event is not None
+    assert (event["status"], event["incident_id"], "level" in event) == ("open", "4", False)
+
+
+# --- the body's own time ----------------------------------------------------------------------------
+
+
+def test_an_event_alert_is_dated_by_sentrys_receipt_of_the_event_else_by_the_events_own_time():
+    payload = fixture("event_alert_checkout_fatal")
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.received", 1795856400.0)
+    del payload["data"]["event"]["received"]
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.datetime", 1795856400.0)
+    payload["data"]["event"]["datetime"] = "not a time"
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.timestamp", 1795856400.0)
+    payload["data"]["event"].update(received=10**400, datetime=float("inf"), timestamp="9999-12-31T23:59:59-01:00")
+    assert to_event("event_alert", payload).happened == BodyTime("data.event.timestamp", 253402304399.0)
+
+
+def test_a_metric_alert_resolve_is_dated_by_its_close_and_nothing_else_is_dated():
+    payload = fixture("metric_alert_resolved")
+    assert to_event("metric_alert", payload).happened is None  # date_closed: null
+    payload["data"]["metric_alert"]["date_closed"] = "2020-09-13T12:36:40.000000Z"
+    assert to_event("metric_alert", payload).happened == BodyTime("data.metric_alert.date_closed", 1600000600.0)
+    # the incident's other dates are its start's: a later critical -> warning change carries them unchanged
+    assert to_event("metric_alert", fixture("metric_alert_critical")).happened is None
+    # an issue's lastSeen is its last event's, days before a resolve perhaps; the legacy plugin signs nothing
+    assert to_event("issue", fixture("issue_resolved")).happened is None
+    assert to_event("issue", fixture("issue_unresolved")).happened is None
+    assert legacy_to_event(fixture("legacy_webhook")).happened is None
 
 
 @pytest.mark.parametrize(
@@ -241,11 +292,10 @@ def test_auto_severity_maps_sentry_levels(level, severity):
     assert auto_severity(level) == severity
 
 
-def test_the_default_dedup_key_is_per_sentry_issue_or_incident_and_only_for_sentry_events():
-    assert default_dedup_key({"source": "sentry", "issue_id": "4242"}) == "sentry-issue-4242"
-    assert default_dedup_key({"source": "sentry", "issue_id": 4242}) == "sentry-issue-4242"
+def test_the_default_dedup_key_is_per_sentry_issue_or_incident():
+    assert default_dedup_key({"issue_id": "4242"}) == "sentry-issue-4242"
+    assert default_dedup_key({"issue_id": 4242}) == "sentry-issue-4242"
     assert default_dedup_key(to_event("metric_alert", fixture("metric_alert_critical")).event) == "sentry-metric-4"
-    assert default_dedup_key({"issue_id": "4242"}) is None
     assert default_dedup_key({"source": "sentry"}) is None
 
 
@@ -288,8 +338,8 @@ def ruleset(tmp_path_factory) -> RuleSet:
     return result.ruleset
 
 
-def pages(ruleset: RuleSet, event: dict[str, Any]) -> dict[tuple[str, str], Any]:
-    return {(m.rule.name, name): render(m, ruleset.services[name], NOW)
+def pages(ruleset: RuleSet, event: dict[str, Any], origin: str | None = ORIGIN) -> dict[tuple[str, str], Any]:
+    return {(m.rule.name, name): render(m, ruleset.services[name], NOW, origin)
             for m in ruleset.match(event) for name in m.rule.services}
 
 
@@ -336,9 +386,20 @@ def test_severity_auto_works_for_any_event_and_falls_back_to_the_service_default
 
 def test_non_sentry_events_keep_the_usual_defaults_and_get_no_sentry_link(ruleset):
     event = {"kind": "plain", "title": "t", "issue_id": "1", "issue_url": "https://sentry.example/issues/1/"}
-    n = pages(ruleset, event)[("any-source", "plain")]
+    n = pages(ruleset, event, None)[("any-source", "plain")]
     assert (n.dedup_key, n.summary) == ("any-source", "any-source: t")
     assert "client_url" not in n.body and "links" not in n.body
+
+
+def test_sentrys_defaults_follow_the_endpoint_not_a_source_field(ruleset):
+    """A Sentry-shaped event with `source: sentry` sent to POST /v1/events matches the same rules, but
+    pages like any other event: no Sentry dedup key, title or link."""
+    event = to_event("event_alert", fixture("event_alert_checkout_fatal")).event
+    assert event is not None and event["source"] == "sentry"
+    n = pages(ruleset, event, None)[("sentry-all", "pay")]
+    assert (n.dedup_key, n.summary) == ("sentry-all", "sentry-all: ZeroDivisionError: division by zero")
+    assert "client_url" not in n.body and "links" not in n.body
+    assert n.severity == "critical"  # `severity: auto` reads `level` on any event
 
 
 def test_a_long_sentry_title_is_cut_to_pagerdutys_limit(ruleset):

@@ -15,7 +15,7 @@ def full_group() -> Group:
         rule="r", key="r/a", labels={"cluster": "eu-1", "n": 3}, hits=[T0, T0 + 1.5], buckets={88361280: 4, 7: 1},
         value={"status": [1, None]}, has_value=True, last_seen=T0 + 2, event={"host": "a", "x": {"y": True}},
         open=True, held=True, services=["pay", "ops"], last_trigger=T0, suppressed=3, suppressed_first=T0 + 1,
-        suppressed_last=T0 + 2,
+        suppressed_last=T0 + 2, origin="sentry",
     )
 
 
@@ -23,6 +23,17 @@ def test_a_group_survives_its_stored_form_unchanged():
     g = full_group()
     assert Group.load(g.dump()) == g
     assert Group.load(Group("r", "k").dump()) == Group("r", "k")
+
+
+def test_a_group_stored_before_origins_were_recorded_keeps_sentrys_alerts_resolvable_by_sentry():
+    def stored(event: dict | None) -> str:
+        data = json.loads(Group("r", "k", event=event, open=True).dump())
+        del data["origin"]
+        return json.dumps(data)
+
+    assert Group.load(stored({"source": "sentry", "issue_id": "1"})).origin == "sentry"
+    assert Group.load(stored({"host": "a"})).origin is None
+    assert Group.load(stored(None)).origin is None
 
 
 def test_changes_lists_the_groups_touched_since_the_last_call_then_starts_afresh():

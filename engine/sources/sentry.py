@@ -2,39 +2,47 @@
 
 Pure: no I/O, no clock. The caller first checks the request with `verify` (from `sentry_auth`,
 re-exported here), answering 401 for `SentryAuthError`; then `to_event` (or `legacy_to_event` for the
-legacy WebHooks plugin body) gives its meaning, 400 for `SentryPayloadError`, else 200. A `SentryEvent`
-whose `event` is None is logged, never matched.
+legacy WebHooks plugin body) gives its meaning, 400 for `SentryPayloadError`; then `check_body_time` on
+its `happened`, 401 again; else 202. A `SentryEvent` whose `event` is None is logged, never matched.
 
 Sentry's integration platform names the resource in `Sentry-Hook-Resource`: installation, event_alert,
 issue, metric_alert, error, comment, ... Every flat event has `source: sentry` and
-`sentry: {resource, action, ...}`; fields without a value are left out. Resolving actions (issue
-resolved / ignored / archived, metric_alert resolved) carry no event to match, only `resolves`: the dedup
-key whose open alert they close.
+`sentry: {resource, action, ...}` for rules to match; fields without a value are left out. Resolving
+actions (issue resolved / ignored / archived, metric_alert resolved) carry no event to match, only
+`resolves`: the dedup key whose open alert they close.
+
+Sentry's defaults below (dedup key, summary, link) apply to events that came in by the Sentry endpoint
+(`origin=ORIGIN` through intake, decide and render), never because of a field an event carries.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from engine.sources.sentry_auth import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    ReplayGuard,
+    BodyTime,
     SentryAuthError,
+    check_body_time,
     verify,
 )
 
 __all__ = [
-    "AUTO_SEVERITY", "LINK_TEXT", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "ReplayGuard",
-    "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "default_dedup_key",
-    "default_summary", "issue_dedup_key", "issue_link", "legacy_to_event", "metric_dedup_key", "to_event",
-    "verify",
+    "AUTO_SEVERITY", "LINK_TEXT", "ORIGIN", "RESOURCE_HEADER", "SIGNATURE_HEADER", "TIMESTAMP_HEADER", "BodyTime",
+    "SentryAuthError", "SentryEvent", "SentryPayloadError", "auto_severity", "check_body_time",
+    "default_dedup_key", "default_summary", "issue_dedup_key", "issue_link", "issue_page", "legacy_to_event",
+    "metric_dedup_key", "to_event", "verify",
 ]
 
-SOURCE = "sentry"
+ORIGIN = "sentry"  # the `origin` of events that came in by POST /v1/sources/sentry
+SOURCE = "sentry"  # the `source` field of their flat events, for rules to match
 LEGACY_RESOURCE = "legacy"  # the body of the legacy WebHooks plugin, which has no resource header
 RESOURCE_HEADER = "Sentry-Hook-Resource"
 LINK_TEXT = "View in Sentry"
@@ -43,7 +51,9 @@ AUTO_SEVERITY = "auto"  # `severity: auto` on a rule: the severity follows the e
 _SEVERITY_OF_LEVEL = {"fatal": "critical", "error": "error", "warning": "warning", "info": "info", "debug": "info"}
 _ISSUE_ACTIONS = frozenset({"created", "unresolved", "resolved", "ignored", "archived", "assigned"})
 _ISSUE_RESOLVING = frozenset({"resolved", "ignored", "archived"})
-_METRIC_LEVELS = {"critical": "fatal", "warning": "warning", "resolved": "info"}  # action -> level
+_METRIC_ACTIVE = frozenset({"critical", "warning", "open"})  # open: active, at no threshold's level
+_METRIC_LEVELS = {"critical": "fatal", "warning": "warning"}  # action -> level
+_EVENT_TIMES = ("received", "datetime", "timestamp")  # Sentry's clock on receipt first, then the SDK's
 _ISSUE_WEB_URL = re.compile(r"^(https?://.*?/issues/[^/?#]+/?)")
 _API_PROJECT = re.compile(r"/api/0/projects/[^/]+/([^/]+)/")
 
@@ -65,6 +75,7 @@ class SentryEvent:
     subject: str = ""  # what it is about, for logs: "issue 4242", "metric alert 4"
     event: dict[str, Any] | None = field(default=None, repr=False, hash=False)
     resolves: str | None = None
+    happened: BodyTime | None = None  # when its news happened by the body's own time, where it says
 
     def describe(self) -> str:
         text = f"sentry {self.resource} {self.action}".rstrip()
@@ -78,8 +89,12 @@ class SentryEvent:
 # --- payloads -> events ---------------------------------------------------------------------------
 
 
-def to_event(resource: str, payload: Any) -> SentryEvent:
-    """The meaning of one integration-platform webhook; SentryPayloadError when a known one is malformed."""
+def to_event(resource: str, payload: Any, *, issues_url: str | None = None) -> SentryEvent:
+    """The meaning of one integration-platform webhook; SentryPayloadError when a known one is malformed.
+
+    `issues_url` (`{url}/organizations/{org}/issues/`, from the config) gives issues whose payload has no
+    page of its own a link: `{issues_url}{id}/`.
+    """
     resource = resource.strip().lower()
     if not resource:
         raise SentryPayloadError(f"missing {RESOURCE_HEADER} header")
@@ -90,15 +105,21 @@ def to_event(resource: str, payload: Any) -> SentryEvent:
         return SentryEvent(resource, action if isinstance(action, str) else "", _installation(body))
     if not isinstance(action, str) or not action:
         raise SentryPayloadError(f"'action' must be a non-empty string, not {_kind(action)}")
-    return mapping(action, body)
+    return mapping(action, body, issues_url)
 
 
-def _event_alert(action: str, body: dict[str, Any]) -> SentryEvent:
+def issue_page(issues_url: str | None, issue_id: str) -> str | None:
+    """`{issues_url}{issue_id}/`: an issue's page in Sentry's web UI; None without `issues_url`."""
+    return f"{issues_url}{quote(issue_id, safe='')}/" if issues_url else None
+
+
+def _event_alert(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
     data = _member(body, "data", "data")
     original = _member(data, "event", "data.event")
     issue_id = _ident(original, "issue_id", "data.event.issue_id")
+    happened = _first_time(original, _EVENT_TIMES, "data.event")
     if action != "triggered":
-        return SentryEvent("event_alert", action, f"issue {issue_id}")
+        return SentryEvent("event_alert", action, f"issue {issue_id}", happened=happened)
     tags = _tags(original.get("tags"), "data.event.tags")
     issue_alert = data.get("issue_alert")
     rule_title = issue_alert.get("title") if isinstance(issue_alert, dict) else None
@@ -109,14 +130,17 @@ def _event_alert(action: str, body: dict[str, Any]) -> SentryEvent:
         "project_id": str(original["project"]) if _is_id(original.get("project")) else None,
         "url": web_url,
         "issue_id": issue_id,
-        "issue_url": _issue_web_url(web_url),
+        "issue_url": _issue_web_url(web_url) or issue_page(issues_url, issue_id),
         "triggered_rule": _text(data.get("triggered_rule")) or _text(rule_title),
         "tags": tags,
     })
-    return SentryEvent("event_alert", action, f"issue {issue_id}", event)
+    return SentryEvent("event_alert", action, f"issue {issue_id}", event, happened=happened)
 
 
-def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
+def _issue(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
+    """Issue webhooks carry no time of their news: `lastSeen` is the issue's last event, which can be
+    days before a resolve or an assignment. Sentry's serialised issue has no page of its own either
+    (`permalink` is null without a user), hence `issues_url`."""
     data = _member(body, "data", "data")
     issue = _member(data, "issue", "data.issue")
     issue_id = _ident(issue, "id", "data.issue.id")
@@ -126,7 +150,7 @@ def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
     if action not in _ISSUE_ACTIONS:
         return SentryEvent("issue", action, subject)
     project = issue.get("project")
-    web_url = _text(issue.get("web_url")) or _text(issue.get("permalink"))
+    web_url = _text(issue.get("web_url")) or _text(issue.get("permalink")) or issue_page(issues_url, issue_id)
     event = _flat("issue", action, {"data": data}, {
         "issue_id": issue_id,
         "short_id": _text(issue.get("shortId")),
@@ -145,16 +169,19 @@ def _issue(action: str, body: dict[str, Any]) -> SentryEvent:
     return SentryEvent("issue", action, subject, event)
 
 
-def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
+def _metric_alert(action: str, body: dict[str, Any], issues_url: str | None) -> SentryEvent:
+    """Only a resolve carries the time of its news (`date_closed`): the incident's other dates are those
+    of its start, which a later critical -> warning -> critical change carries unchanged."""
     data = _member(body, "data", "data")
     incident = _member(data, "metric_alert", "data.metric_alert")
     incident_id = _ident(incident, "id", "data.metric_alert.id")
     subject = f"metric alert {incident_id}"
     if action == "resolved":
-        return SentryEvent("metric_alert", action, subject, resolves=metric_dedup_key(incident_id))
-    if action not in _METRIC_LEVELS:
+        return SentryEvent("metric_alert", action, subject, resolves=metric_dedup_key(incident_id),
+                           happened=_first_time(incident, ("date_closed",), "data.metric_alert"))
+    if action not in _METRIC_ACTIVE:
         return SentryEvent("metric_alert", action, subject)
-    rule = incident.get("alert_rule") if isinstance(incident.get("alert_rule"), dict) else {}
+    rule: dict[str, Any] = incident["alert_rule"] if isinstance(incident.get("alert_rule"), dict) else {}
     projects = [p for p in (incident.get("projects") or rule.get("projects") or []) if isinstance(p, str)]
     web_url = _text(data.get("web_url"))
     rule_id = rule.get("id")
@@ -162,7 +189,7 @@ def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
         "title": _text(data.get("description_title")) or _text(incident.get("title")) or _text(rule.get("name")),
         "description": _text(data.get("description_text")),
         "status": action,
-        "level": _METRIC_LEVELS[action],
+        "level": _METRIC_LEVELS.get(action),
         "alert_rule": _text(rule.get("name")),
         "alert_rule_id": str(rule_id) if _is_id(rule_id) else None,
         "projects": projects or None,
@@ -176,7 +203,7 @@ def _metric_alert(action: str, body: dict[str, Any]) -> SentryEvent:
     return SentryEvent("metric_alert", action, subject, event)
 
 
-_MAPPINGS: dict[str, Callable[[str, dict[str, Any]], SentryEvent]] = {
+_MAPPINGS: dict[str, Callable[[str, dict[str, Any], str | None], SentryEvent]] = {
     "event_alert": _event_alert,
     "issue": _issue,
     "metric_alert": _metric_alert,
@@ -184,7 +211,9 @@ _MAPPINGS: dict[str, Callable[[str, dict[str, Any]], SentryEvent]] = {
 
 
 def legacy_to_event(payload: Any) -> SentryEvent:
-    """The legacy WebHooks plugin body: `{id, project, culprit, level, url, message, event: {...}}`."""
+    """The legacy WebHooks plugin body: `{id, project, culprit, level, url, message, event: {...}}`.
+
+    No `happened`: the plugin signs nothing, so whoever can send it can write any time into it too."""
     body = _object(payload, "the body")
     issue_id = _ident(body, "id", "id")
     project = _text(body.get("project"))
@@ -244,14 +273,8 @@ def metric_dedup_key(incident_id: str) -> str:
     return f"sentry-metric-{incident_id}"
 
 
-def is_sentry_event(event: Mapping[str, Any]) -> bool:
-    return event.get("source") == SOURCE
-
-
 def default_dedup_key(event: Mapping[str, Any]) -> str | None:
-    """`sentry-issue-<issue_id>`, or `sentry-metric-<incident_id>` for metric alerts; None otherwise."""
-    if not is_sentry_event(event):
-        return None
+    """`sentry-issue-<issue_id>`, or `sentry-metric-<incident_id>` for metric alerts; None without one."""
     sentry = event.get("sentry")
     if isinstance(sentry, Mapping) and sentry.get("resource") == "metric_alert":
         incident_id = event.get("incident_id")
@@ -261,14 +284,12 @@ def default_dedup_key(event: Mapping[str, Any]) -> str | None:
 
 
 def default_summary(event: Mapping[str, Any]) -> str | None:
-    """The title of a Sentry event; None for other events or without one."""
-    return _text(event.get("title")) if is_sentry_event(event) else None
+    """The title of a Sentry event; None without one."""
+    return _text(event.get("title"))
 
 
 def issue_link(event: Mapping[str, Any]) -> str | None:
     """Where a person looks at it in Sentry: the issue's URL (metric alerts: the incident's), if http(s)."""
-    if not is_sentry_event(event):
-        return None
     url = _text(event.get("issue_url")) or _text(event.get("incident_url"))
     return url if url and url.startswith(("https://", "http://")) else None
 
@@ -320,6 +341,31 @@ def _ident(obj: Mapping[str, Any], key: str, where: str) -> str:
 
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _first_time(obj: Mapping[str, Any], keys: tuple[str, ...], where: str) -> BodyTime | None:
+    """The first of `keys` in `obj` holding a time (ISO 8601, or seconds since the epoch)."""
+    for key in keys:
+        moment = _epoch_seconds(obj.get(key))
+        if moment is not None:
+            return BodyTime(f"{where}.{key}", moment)
+    return None
+
+
+def _epoch_seconds(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
+        return seconds if math.isfinite(seconds) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _tags(value: Any, where: str) -> dict[str, Any]:

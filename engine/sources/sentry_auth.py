@@ -1,9 +1,12 @@
-"""Is a webhook from Sentry, fresh, and new? The HMAC signature, the timestamp, and a replay guard.
+"""Is a webhook from Sentry, and fresh? The HMAC signature, the timestamp header, and the body's own time.
 
 Pure: no I/O, no clock (`now` is passed in). Sentry signs the raw body with the integration's client
 secret (`Sentry-Hook-Signature`: hex HMAC-SHA256) and sends the time of sending in `Sentry-Hook-Timestamp`
-(Unix seconds). The timestamp is not signed, so the replay guard remembers every accepted signature for
-as long as a replay of it could still carry a fresh-looking timestamp.
+(Unix seconds). The signature proves who wrote the body and that it is unchanged. The timestamp is not
+signed: anyone holding a captured request can send it again under a fresh timestamp. So where the signed
+body carries the time its news happened (`BodyTime`, found by `engine.sources.sentry`), that time must be
+within `max_age` too; nothing is remembered between requests, so a genuine resend or a retry after a
+failed answer is accepted like the first delivery (the effects are idempotent: docs/sentry.md).
 """
 
 from __future__ import annotations
@@ -12,60 +15,30 @@ import hashlib
 import hmac
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 SIGNATURE_HEADER = "Sentry-Hook-Signature"
 TIMESTAMP_HEADER = "Sentry-Hook-Timestamp"
-_REPLAY_CAPACITY = 100_000
 
 
 class SentryAuthError(Exception):
-    """The request is not proven to come from Sentry, or is a replay: answer 401."""
+    """The request is not proven to come from Sentry, or not fresh: answer 401."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class ReplayGuard:
-    """Signatures accepted lately, each kept until a replay of it would be refused as stale anyway.
+@dataclass(frozen=True)
+class BodyTime:
+    """When a webhook's news happened by the signed body itself: the field, and seconds since the epoch."""
 
-    A signature accepted with timestamp `t` at `now` is kept until `max(t, now) + max_age`. Bounded: past
-    `capacity` entries the oldest is forgotten (forging new signatures needs the secret).
-    """
-
-    def __init__(self, max_age: float, capacity: int = _REPLAY_CAPACITY) -> None:
-        self.max_age = max_age
-        self.capacity = capacity
-        self._until: dict[str, float] = {}  # signature -> kept until; insertion order is acceptance order
-
-    @property
-    def remembered(self) -> int:
-        """How many signatures are remembered now."""
-        return len(self._until)
-
-    def check_and_remember(self, signature: str, timestamp: float, now: float) -> bool:
-        """True (and remembered) for a signature not accepted within max_age; False for a replay."""
-        self._forget_expired(now)
-        until = self._until.pop(signature, None)
-        if until is not None and until > now:
-            self._until[signature] = until
-            return False
-        while len(self._until) >= self.capacity:
-            del self._until[next(iter(self._until))]
-        self._until[signature] = max(timestamp, now) + self.max_age
-        return True
-
-    def _forget_expired(self, now: float) -> None:
-        while self._until:
-            signature, until = next(iter(self._until.items()))
-            if until > now:
-                return
-            del self._until[signature]
+    field: str
+    at: float
 
 
-def verify(body: bytes, headers: Mapping[str, str], *, secrets: Sequence[str], max_age: float, now: float,
-           seen: ReplayGuard) -> None:
-    """Raise SentryAuthError unless the body is signed by one of `secrets`, fresh, and not a replay."""
+def verify(body: bytes, headers: Mapping[str, str], *, secrets: Sequence[str], max_age: float, now: float) -> None:
+    """Raise SentryAuthError unless the body is signed by one of `secrets` and its timestamp is fresh."""
     signature = _header(headers, SIGNATURE_HEADER).strip().lower()
     if not signature:
         raise SentryAuthError(f"missing {SIGNATURE_HEADER} header")
@@ -83,14 +56,24 @@ def verify(body: bytes, headers: Mapping[str, str], *, secrets: Sequence[str], m
         timestamp = math.nan
     if not math.isfinite(timestamp):
         raise SentryAuthError(f"unparsable {TIMESTAMP_HEADER} {raw[:40]!r}: expected Unix seconds")
-    age = now - timestamp
+    _check_age(f"stale {TIMESTAMP_HEADER}: sent", TIMESTAMP_HEADER, timestamp, max_age=max_age, now=now)
+
+
+def check_body_time(time: BodyTime | None, *, max_age: float, now: float) -> None:
+    """Raise SentryAuthError when the body's own time is more than `max_age` before (or after) `now`.
+    A body without one (None) passes: only the unsigned header vouched for its freshness."""
+    if time is not None:
+        _check_age(f"stale body: its {time.field} was", f"the body's {time.field}", time.at, max_age=max_age,
+                   now=now)
+
+
+def _check_age(stale: str, name: str, moment: float, *, max_age: float, now: float) -> None:
+    age = now - moment
     if age > max_age:
-        raise SentryAuthError(f"stale {TIMESTAMP_HEADER}: sent {age:.0f}s ago, more than max_age {max_age:g}s")
+        raise SentryAuthError(f"{stale} {age:.0f}s ago, more than max_age {max_age:g}s")
     if -age > max_age:
-        raise SentryAuthError(f"{TIMESTAMP_HEADER} is {-age:.0f}s in the future, more than max_age {max_age:g}s: "
+        raise SentryAuthError(f"{name} is {-age:.0f}s in the future, more than max_age {max_age:g}s: "
                               "check the clocks")
-    if not seen.check_and_remember(signature, timestamp, now):
-        raise SentryAuthError("replayed request: this signature was already accepted")
 
 
 def _signed_by_any(body: bytes, signature: str, secrets: Sequence[str]) -> bool:
@@ -110,5 +93,3 @@ def _header(headers: Mapping[str, str], name: str) -> str:
         lower = name.lower()
         value = next((v for k, v in headers.items() if k.lower() == lower), None)
     return value if isinstance(value, str) else ""
-
-
