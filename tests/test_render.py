@@ -12,6 +12,7 @@ import pytest
 from engine.render import BODY_LIMIT, Notification, body_size, render, render_resolve
 from engine.rules.conditions import parse_field
 from engine.rules.ruleset import Image, Link, Match, Rule, Service
+from engine.sources import sentry
 from engine.templates import compile_template, compile_tree
 
 NOW = dt.datetime(2026, 11, 28, 9, 46, 20, tzinfo=dt.UTC)
@@ -36,8 +37,9 @@ def make_rule(**fields: Any) -> Rule:
     return Rule(name="disk-full", order=0, condition=lambda event: True, services=("ops",), **fields)
 
 
-def page(event: dict[str, Any], service: Service = V2, **rule_fields: Any) -> Notification:
-    return render(Match(make_rule(**rule_fields), event), service, NOW)
+def page(event: dict[str, Any], service: Service = V2, *, origin: str | None = None, **rule_fields: Any
+         ) -> Notification:
+    return render(Match(make_rule(**rule_fields), event), service, NOW, origin=origin)
 
 
 def payload(event: dict[str, Any], **rule_fields: Any) -> dict[str, Any]:
@@ -415,7 +417,7 @@ def test_images_without_an_https_src_are_dropped_and_recorded() -> None:
 
 def test_v1_carries_client_url_when_a_url_is_known() -> None:
     event = {"source": "sentry", "issue_id": "7", "issue_url": "https://acme.sentry.io/issues/7/"}
-    v1, v2 = page(event, V1).body, page(event).body
+    v1, v2 = page(event, V1, origin=sentry.ORIGIN).body, page(event, origin=sentry.ORIGIN).body
     assert v1["client_url"] == v2["client_url"] == "https://acme.sentry.io/issues/7/"
     assert "client_url" not in page({"host": "db1"}, V1).body
 

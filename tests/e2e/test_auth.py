@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Daemon, run_cli
-from tests.e2e.test_sentry import FIXTURES, SECRET, signed
+from tests.e2e.test_sentry import SECRET, fresh_alert, signed
 
 RULES = """\
 services:
@@ -91,7 +91,7 @@ async def test_each_route_answers_by_the_scope_of_the_token(start_daemon, fake_p
 async def test_sentry_is_authenticated_by_its_signature_alone_even_with_a_tokens_file(
         start_daemon, fake_pagerduty, tmp_path):
     daemon = await start(start_daemon, tmp_path)
-    alert = (FIXTURES / "event_alert.json").read_bytes()
+    alert = fresh_alert("event_alert")
     status, answer = await daemon.request("POST", "/v1/sources/sentry", data=alert, headers=signed(alert))
     assert (status, answer) == (202, {"accepted": 1, "matched": 1, "notifications": 1})
     await fake_pagerduty.wait_for(1)
