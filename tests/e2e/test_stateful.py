@@ -7,6 +7,8 @@ import asyncio
 import sys
 from pathlib import Path
 
+from tests.e2e.conftest import run_cli
+
 RULES = """\
 services:
   pay: {service_key: "${PD_PAY}"}
@@ -94,6 +96,21 @@ async def test_a_reload_keeps_the_state_of_unchanged_rules(start_daemon, fake_pa
     assert status == 200
     _, answer = await daemon.post_events(ERR)  # the count of 2 survived the reload: this is the third
     assert answer["notifications"] == 2
+    await daemon.stop()
+
+
+async def test_a_silence_on_a_field_it_never_sees_is_refused_by_the_api_and_the_cli(start_daemon):
+    daemon = await start_daemon(RULES)
+    status, bad = await daemon.request("POST", "/v1/silences", json={"match": {"field": "host", "equals": "web-1"},
+                                                                     "until": "1h"})
+    hint = "'host' can never match: a silence sees only rule, dedup_key and event.* (did you mean event.host?)"
+    assert status == 400 and bad == {"error": f"match.field: {hint}"}
+    cli = await run_cli("silence", "add", "--api", daemon.url, "--match", "{field: host, equals: web-1}",
+                        "--until", "1h")
+    assert cli.returncode == 1 and cli.stdout == ""
+    assert cli.stderr.strip().endswith(f"HTTP 400: match.field: {hint}")
+    _, listed = await daemon.request("GET", "/v1/silences")
+    assert listed["silences"] == []  # nothing stored
     await daemon.stop()
 
 
