@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from tests.e2e.conftest import run_cli
@@ -84,6 +85,28 @@ async def test_resolve_match_and_absent_heartbeats_fire_on_their_own(start_daemo
     await daemon.post_events({"type": "heartbeat", "job": "billing"})  # back: resolved
     back = (await fake_pagerduty.wait_for(6))[5]
     assert back.body["event_action"] == "resolve" and back.body["dedup_key"] == "heartbeat/billing"
+    await daemon.stop()
+
+
+async def test_an_expected_job_that_never_reports_pages_for_after_the_start_also_after_a_restart(
+        start_daemon, fake_pagerduty):
+    rules = RULES + """\
+  - name: backup
+    match: {field: type, equals: backup_done}
+    group_by: [job]
+    absent: {for: 3s, expect: [{job: nightly}]}
+    services: [pay]
+"""
+    daemon = await start_daemon(rules)
+    await daemon.stop()  # before it is due
+    await daemon.start()
+    restarted = time.monotonic()
+    [page] = await fake_pagerduty.wait_for(1, timeout=15)
+    assert page.body["event_action"] == "trigger" and page.body["dedup_key"] == "backup/nightly"
+    assert page.at - restarted >= 2.5  # watched again from the restart, never seen at all
+    await daemon.post_events({"type": "backup_done", "job": "nightly"})  # it reports at last: resolved
+    back = (await fake_pagerduty.wait_for(2))[1]
+    assert back.body["event_action"] == "resolve" and back.body["dedup_key"] == "backup/nightly"
     await daemon.stop()
 
 
