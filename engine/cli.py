@@ -27,6 +27,7 @@ from engine.logs import configure as configure_logging
 from engine.logs import default_format
 from engine.reload import load_rules
 from engine.rules import LoadResult, load_ruleset
+from engine.rules.ruleset import RuleSet
 from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
 from engine.sources import sentry
@@ -82,9 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate rule files and directories, or a config and its rules",
                            description="Validate rule files (directories are searched for *.yaml, *.yml), or "
                            "with --config the daemon's configuration and the rules it names. Prints "
-                           "'ok: N rules, M services in K files' or every error with its location. Warnings "
-                           "(a service key that is not 32 characters long, an unused service) are printed "
-                           "too and do not fail the check; keys are never printed.")
+                           "'ok: N rules, M services in K files' or every error and warning with its location. "
+                           "Warnings (a service key that is not 32 characters long, an unused service, a number "
+                           "written as a string) do not fail the check; keys are never printed.")
     check.add_argument("paths", nargs="*", metavar="PATH", help="rule file or directory")
     check.add_argument("--config", metavar="FILE", help="check this engine.yaml and its rules too")
     check.add_argument("--allow-missing-secrets", action="store_true",
@@ -192,6 +193,17 @@ def _print_problems(result: LoadResult) -> None:
         print(problem, file=sys.stderr)
 
 
+def _count(n: int, noun: str) -> str:
+    """`1 file`, `2 files`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _totals(ruleset: RuleSet, files: Sequence[str]) -> str:
+    """`3 rules, 1 service in 2 files`."""
+    return (f"{_count(len(ruleset.rules), 'rule')}, {_count(len(ruleset.services), 'service')} in "
+            f"{_count(len(files), 'file')}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args.config or default_config_path())
     if config is None:
@@ -220,10 +232,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     result = load_ruleset(args.paths, allow_missing_secrets=args.allow_missing_secrets)
     _print_problems(result)
     if result.ruleset is None:
-        print(f"invalid: {len(result.errors)} error(s)", file=sys.stderr)
+        print(f"invalid: {_count(len(result.errors), 'error')}", file=sys.stderr)
         return 1
-    rs = result.ruleset
-    print(f"ok: {len(rs.rules)} rules, {len(rs.services)} services in {len(result.files)} files")
+    print(f"ok: {_totals(result.ruleset, result.files)}")
     return 0
 
 
@@ -239,10 +250,9 @@ def _check_config(args: argparse.Namespace) -> int:
     for message in (*errors, *loaded.warnings):
         print(message, file=sys.stderr)
     if errors or result.ruleset is None:
-        print(f"invalid: {len(errors)} error(s)", file=sys.stderr)
+        print(f"invalid: {_count(len(errors), 'error')}", file=sys.stderr)
         return 1
-    rs = result.ruleset
-    print(f"ok: {args.config}; {len(rs.rules)} rules, {len(rs.services)} services in {len(result.files)} files")
+    print(f"ok: {args.config}; {_totals(result.ruleset, result.files)}")
     return 0
 
 
@@ -366,12 +376,12 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     if args.ids:
         purged = [ident for ident in args.ids if _api(args, "DELETE", f"/v1/dead-letters/{ident}") is not None]
-        print(f"purged {len(purged)} dead letter(s)")
+        print(f"purged {_count(len(purged), 'dead letter')}")
         return 0 if len(purged) == len(args.ids) else 1
     answer = _api(args, "DELETE", "/v1/dead-letters")
     if answer is None:
         return 1
-    print(f"purged {answer['purged']} dead letter(s)")
+    print(f"purged {_count(answer['purged'], 'dead letter')}")
     return 0
 
 

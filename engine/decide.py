@@ -3,9 +3,9 @@ silences and resolves. Deterministic and free of I/O: time is the `now` passed i
 
 `decide(ruleset, state, event, now, origin=...)` handles one event (`origin`: the endpoint it came in
 by, `sentry.ORIGIN` for Sentry's webhooks, None for POST /v1/events); `tick(ruleset, state, now)` does
-the timed work (resolve-after, absent checks, the end of mute windows, silence expiry, pruning). Both
-update `state` in place (the caller stores `state.changes()` with the notifications) and return the
-notifications to send.
+the timed work (resolve-after, absent checks and the groups `absent.expect` watches, the end of mute
+windows, silence expiry, pruning). Both update `state` in place (the caller stores `state.changes()` with
+the notifications) and return the notifications to send.
 
 A rule with no stateful keys pages on every match and keeps no state at all.
 """
@@ -49,16 +49,23 @@ def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
 def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
     """Timed work due at `now`: resolves after silence, absent groups, ended mute windows, expiries."""
     out: list[Notification] = []
+    expected = _watch_expected(ruleset, state, now)
     for name in list(state.groups):
         rule = ruleset.rule(name)
         if rule is None:
             continue
         policy = rule.policy
+        watched = expected.get(name, {})
         for g in list(state.groups[name].values()):
-            if g.open and policy.resolve_after and not policy.absent and _quiet(g, now) >= policy.resolve_after:
+            if policy.absent and g.event is None and g.key not in watched:
+                # expected once, never seen, and no longer expected: forgotten (its page resolved)
+                if g.open:
+                    out += _close(ruleset, state, rule, g)
+                state.drop(g)
+            elif g.open and policy.resolve_after and not policy.absent and _quiet(g, now) >= policy.resolve_after:
                 out += _close(ruleset, state, rule, g)
             elif policy.absent and rule.enabled and not g.open and _quiet(g, now) >= policy.absent:
-                out += _trigger(ruleset, state, rule, g, g.event or {}, now)
+                out += _trigger(ruleset, state, rule, g, g.event if g.event is not None else watched[g.key], now)
             elif g.held and g.open and rule.enabled and _mute_window(rule, now) is None:
                 g.held = False  # the window is over and the alert still open: page it now
                 out += _trigger(ruleset, state, rule, g, g.event or {}, now)
@@ -68,6 +75,36 @@ def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
         if now >= silence.until + SILENCE_KEPT:
             state.drop_silence(silence)
     return out
+
+
+def _watch_expected(ruleset: RuleSet, state: State, now: float) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """The groups that `absent` rules expect, by rule and dedup key. One not in the state yet is watched
+    from `now` on (the daemon's first tick, or the reload that added it), so it pages if still unseen `for`
+    later. A group never seen keeps `event` None: its page is rendered from what the rule expects."""
+    expected = _expected_groups(ruleset, now)
+    for name, keys in expected.items():
+        rule = ruleset.by_name[name]
+        known = state.groups.get(name, {})
+        for key in [k for k in keys if k not in known] if rule.enabled else ():
+            g = state.group(name, key)
+            g.last_seen = now
+            state.touch(g)
+    return expected
+
+
+# the expected groups of the last rule set seen: tick runs every second and they change only with the rules
+_expected: tuple[RuleSet, dict[str, dict[str, Mapping[str, Any]]]] | None = None
+
+
+def _expected_groups(ruleset: RuleSet, now: float) -> dict[str, dict[str, Mapping[str, Any]]]:
+    """Every `absent.expect` group by rule and dedup key, computed as for a heartbeat of it (`alert_key` on
+    the event the rule built from the expected values); once per rule set."""
+    global _expected
+    if _expected is None or _expected[0] is not ruleset:
+        moment = _moment(now)
+        _expected = ruleset, {rule.name: {alert_key(rule, event, moment): event for event in rule.policy.expect}
+                              for rule in ruleset.rules if rule.policy.expect}
+    return _expected[1]
 
 
 def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notification]:

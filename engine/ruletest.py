@@ -24,6 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path as FsPath
 from typing import Any
 
+import yaml
+
 from engine.decide import decide, tick
 from engine.render import Notification
 from engine.rules import load_ruleset
@@ -76,9 +78,12 @@ def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] |
             starts.append(parse_start(test["start"]) if "start" in test else start.timestamp())
         except ValueError as exc:
             problems.append(Problem(file, ("tests", i, "start"), str(exc)))
+    base = FsPath(file).parent
+    if not problems:
+        problems = [Problem(file, ("rule_files", i), _not_found(path, base))
+                    for i, path in enumerate(doc.data["rule_files"]) if not (base / path).exists()]
     if problems:
         return [doc.error(p) for p in problems]
-    base = FsPath(file).parent
     loaded = load_ruleset([str(base / p) for p in doc.data["rule_files"]], allow_missing_secrets=True)
     if loaded.ruleset is None:
         return list(loaded.errors)
@@ -90,6 +95,13 @@ def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] |
         missing, unexpected = compare([expectation(item) for item in test["expect"]], sent)
         outcomes.append(Outcome(file, test["name"], tuple(missing), tuple(unexpected)))
     return outcomes
+
+
+def _not_found(path: str, base: FsPath) -> str:
+    if FsPath(path).is_absolute():
+        return f"rule file {path} does not exist"
+    return (f"rule file {path} does not exist: rule_files paths are relative to the test file, so this is "
+            f"{base / path}")
 
 
 def parse_start(text: str) -> float:
@@ -178,5 +190,8 @@ def _shown(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _flow(item: Mapping[str, Any]) -> str:
-    shown = {k: format_duration(v) if k == "at" else repr(v) for k, v in item.items()}
-    return "{" + ", ".join(f"{k}: {shown[k]}" for k in COMPARED if k in item) + "}"
+    """An item as YAML flow, ready to paste into `expect`; fields without a value (a v1 page's severity, a
+    resolve's summary) left out."""
+    shown = {k: format_duration(item[k]) if k == "at" else item[k] for k in COMPARED if item.get(k) not in (None, "")}
+    return yaml.safe_dump(shown, default_flow_style=True, sort_keys=False, allow_unicode=True,
+                          width=float("inf")).strip()

@@ -28,7 +28,7 @@ from jinja2 import ChainableUndefined
 from jinja2.runtime import new_context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from engine.rules.errors import Path, Problem
+from engine.rules.errors import Path, Problem, key_name
 
 if TYPE_CHECKING:
     from engine.rules.ruleset import Rule
@@ -135,7 +135,7 @@ def compile_template_at(
     try:
         return compile_template(source)
     except TemplateSyntaxError as exc:
-        problems.append(Problem(file, path, f"template syntax error: {exc}", rule))
+        problems.append(Problem(file, path, f"template syntax error in {key_name(path)}: {exc}", rule))
         return None
 
 

@@ -37,14 +37,18 @@ def rules_file(tmp_path, text: str = RULES) -> str:
 
 def test_check_ok_prints_counts(tmp_path):
     proc = run("check", rules_file(tmp_path), env={"PD_PAY": KEY, "PD_OPS": KEY})
-    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rules, 2 services in 1 files\n")
+    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rule, 2 services in 1 file\n")  # plurals right
 
 
 def test_check_errors_exit_1_with_located_messages(tmp_path):
     path = rules_file(tmp_path, RULES.replace("services: [pay, ops]", "services: [pay, opz]"))
     proc = run("check", path, env={"PD_PAY": KEY, "PD_OPS": KEY})
     assert proc.returncode == 1
-    assert f"{path}:7:21: rule 'pay-5xx': unknown service 'opz' (did you mean 'ops'?)" in proc.stderr.splitlines()
+    assert proc.stderr.splitlines() == [
+        f"{path}:7:21: rule 'pay-5xx': unknown service 'opz' (did you mean 'ops'?); known services: ops, pay",
+        f"{path}:3:3: warning: service 'ops' is not used by any rule",
+        "invalid: 1 error",
+    ]
 
 
 def test_check_missing_secrets_error_unless_allowed(tmp_path):
@@ -160,11 +164,22 @@ tests:
     assert proc.returncode == 1
     assert proc.stdout.splitlines() == [
         f"FAIL  {test_file}: wrong expectations",
-        "      - missing:    {rule: 'pay-5xx', service: 'sre'}",
-        "      + unexpected: {rule: 'pay-5xx', service: 'ops', dedup_key: 'pay-5xx/a', severity: None, "
-        "summary: 'pay-5xx: event matched'}",
+        "      - missing:    {rule: pay-5xx, service: sre}",  # YAML to paste, no Python reprs (severity: None)
+        "      + unexpected: {rule: pay-5xx, service: ops, dedup_key: pay-5xx/a, summary: 'pay-5xx: event matched'}",
         "0 passed, 1 failed",
     ]
+
+
+def test_check_prints_warnings_and_counts_several_errors(tmp_path):
+    path = rules_file(tmp_path, RULES.replace("gte: 500}", "gte: 500}\n    summary: '{{ x'")
+                      .replace("[pay, ops]", "[pay, opz]") + "  - {name: b, match: {field: http.status, "
+                      "equals: \"503\"}, services: [pay]}\n")
+    proc = run("check", path, env={"PD_PAY": KEY, "PD_OPS": KEY})
+    assert proc.returncode == 1
+    lines = proc.stderr.splitlines()
+    assert lines[-1] == "invalid: 2 errors"
+    assert f"{path}:10:43: warning: rule 'b': '503' is a string, but 'http.status' is usually a number (gte at " \
+           f"{path}:6), and a string never equals a number: remove the quotes: equals: 503" in lines
 
 
 def test_test_command_reports_a_broken_test_file_with_its_location(tmp_path):

@@ -153,3 +153,32 @@ def test_a_rule_file_may_hold_only_lists_and_macros(tmp_path):
 def test_no_rule_files_is_an_error(tmp_path):
     result = load_ruleset([str(tmp_path)])
     assert [e.message for e in result.errors] == ["no rule files (*.yaml, *.yml) found"]
+
+
+def test_an_unknown_service_lists_the_known_ones_with_a_did_you_mean(tmp_path):
+    text = SERVICES + "  payments: {service_key: k}\nrules:\n" + rule(services="[payment, sre]")
+    assert errors_of(load(tmp_path, text)) == [
+        "f0.yaml:6:16: a: unknown service 'payment' (did you mean 'payments'?); known services: payments, sre"]
+
+
+def test_an_unknown_service_when_there_are_none_says_so(tmp_path):
+    assert errors_of(load(tmp_path, "rules:\n" + rule())) == [
+        "f0.yaml:3:16: a: unknown service 'sre': no services are defined (add it under 'services:' in a rule file)"]
+
+
+def test_a_long_list_of_known_services_is_cut(tmp_path):
+    many = "".join(f"  s{i:02}: {{service_key: k}}\n" for i in range(25))
+    [error] = load(tmp_path, "services:\n" + many + "rules:\n" + rule(services="[zzz]")).errors
+    assert error.message == ("unknown service 'zzz'; known services: " + ", ".join(f"s{i:02}" for i in range(20))
+                             + " and 5 more")
+
+
+def test_a_template_syntax_error_names_the_field_it_is_in(tmp_path):
+    text = SERVICES + "rules:\n" + rule(extra="    summary: '{{ event.x '\n    details: {region: '{% if %}'}\n"
+                                              "    links: [{href: 'ok', text: '{{ }}'}]\n")
+    errors = load(tmp_path, text).errors
+    assert [(e.line, e.col, e.message.split(":")[0]) for e in errors] == [
+        (7, 5, "template syntax error in summary"),
+        (8, 15, "template syntax error in details.region"),
+        (9, 26, "template syntax error in links.0.text"),
+    ]

@@ -245,6 +245,70 @@ def test_after_a_restart_absent_clocks_restart_at_the_start_time(tmp_path):
     assert len(tick(rs, naive, restart)) == 2
 
 
+# -- absent.expect ---------------------------------------------------------------------------------------
+
+EXPECT = """\
+- name: backup
+  match: {field: type, equals: backup_done}
+  services: [pay, ops]
+  group_by: [job, site.name]
+  summary: "{{ event.job }} in {{ event.site.name }} is silent"
+  absent: {for: 1h, expect: [{job: db, site.name: eu}, {job: files, site.name: eu}]}
+"""
+DONE = {"type": "backup_done", "job": "db", "site": {"name": "eu"}}
+
+
+def test_an_expected_group_never_seen_pages_for_after_the_start_rendered_from_what_is_expected(tmp_path):
+    rs, state = load(tmp_path, EXPECT), State(started=T0)
+    assert tick(rs, state, T0) == []  # watched from here, seen or not
+    assert decide(rs, state, DONE, T0 + 30 * MIN) == []  # db reports: its clock restarts
+    assert tick(rs, state, T0 + HOUR - 1) == []
+    pages = tick(rs, state, T0 + HOUR)
+    assert sent(pages) == [("backup", "pay", "trigger", "backup/files/eu"),
+                           ("backup", "ops", "trigger", "backup/files/eu")]
+    assert pages[0].summary == "files in eu is silent"
+    assert tick(rs, state, T0 + HOUR + 1) == []  # once per absence
+    assert len(tick(rs, state, T0 + 90 * MIN)) == 2  # db, an hour after its last report
+    back = {**DONE, "job": "files"}
+    assert sent(decide(rs, state, back, T0 + 2 * HOUR)) == [("backup", "pay", "resolve", "backup/files/eu"),
+                                                           ("backup", "ops", "resolve", "backup/files/eu")]
+
+
+def test_an_expected_group_is_watched_again_from_the_start_after_a_restart(tmp_path):
+    rs, before = load(tmp_path, EXPECT), State(started=T0)
+    tick(rs, before, T0)
+    stored = list(before.changes().upserts)
+    assert [key for _, key, _ in stored] == ["backup/db/eu", "backup/files/eu"]  # stored with the state
+    restart = T0 + 50 * MIN
+    state = State(started=restart)
+    state.restore(stored)
+    assert tick(rs, state, restart) == [] and tick(rs, state, restart + HOUR - 1) == []
+    assert len(tick(rs, state, restart + HOUR)) == 4  # both groups, on both services
+    fresh = State(started=restart)  # a first start with nothing stored: the same
+    assert tick(rs, fresh, restart) == [] and len(tick(rs, fresh, restart + HOUR)) == 4
+
+
+def test_a_group_no_longer_expected_and_never_seen_is_forgotten_and_its_page_resolved(tmp_path):
+    rs, state = load(tmp_path, EXPECT), State(started=T0)
+    decide(rs, state, DONE, T0)
+    tick(rs, state, T0)
+    assert len(tick(rs, state, T0 + HOUR)) == 4  # db (seen) and files (never seen) are both absent
+    fewer = load(tmp_path, EXPECT.replace(", {job: files, site.name: eu}", ""))
+    assert sent(tick(fewer, state, T0 + HOUR + 1)) == [("backup", "pay", "resolve", "backup/files/eu"),
+                                                        ("backup", "ops", "resolve", "backup/files/eu")]
+    assert set(state.groups["backup"]) == {"backup/db/eu"}  # the seen one stays tracked
+    assert tick(fewer, state, T0 + 3 * HOUR) == []
+
+
+def test_a_disabled_rule_watches_nothing_until_enabled(tmp_path):
+    disabled = load(tmp_path, EXPECT + "  enabled: false\n")
+    state = State(started=T0)
+    assert tick(disabled, state, T0) == [] and state.groups == {}
+    enabled = load(tmp_path, EXPECT)
+    assert tick(enabled, state, T0 + 5 * HOUR) == []  # watched from when it is enabled
+    assert len(tick(enabled, state, T0 + 6 * HOUR)) == 4
+
+
 # -- mute windows ----------------------------------------------------------------------------------------
 
 def test_a_fixed_mute_window_holds_pages_from_its_start_to_its_end(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.rules.errors import RuleError
 from engine.rules.load import Document, find_rule_files, load_file
 
@@ -71,3 +73,30 @@ def test_unreadable_and_non_utf8_files(tmp_path):
     assert isinstance(err, RuleError) and "not valid UTF-8" in err.message
     err = load_file(str(tmp_path))  # a directory where a file was expected
     assert isinstance(err, RuleError) and err.message.startswith("cannot read file")
+
+
+@pytest.mark.parametrize(("text", "where", "hint"), [
+    pytest.param("rules:\n  - name: a\n\tservices: [sre]\n", (3, 1),
+                 "(YAML does not allow tabs for indentation: indent with spaces)", id="tab-in-a-mapping"),
+    pytest.param("rules:\n\t- name: a\n", (2, 1),
+                 "(YAML does not allow tabs for indentation: indent with spaces)", id="tab-before-an-item"),
+    pytest.param("rules:\n  - name: a\n    services: [sre]\n     match: {field: x}\n", (4, 6),
+                 "(bad indentation: this line starts in column 6, but the keys of the mapping begun on line 2 "
+                 "start in column 5)", id="key-indented-too-far"),
+    pytest.param("rules:\n  - name: a\n - name: b\n", (3, 2),
+                 "(bad indentation: this line starts in column 2, but the keys of the mapping begun on line 1 "
+                 "start in column 1)", id="item-indented-too-little"),
+    pytest.param("rules:\n  - name: a\n    services: [sre]\n   match: {field: x}\n", (4, 4),
+                 "(bad indentation: this line starts in column 4, but the items of the list begun on line 2 "
+                 "start with '-' in column 3)", id="key-between-items"),
+    pytest.param("a:\n  b: 1\n  - c\n", (3, 3),
+                 "(a list item '-' cannot stand among the keys of the mapping begun on line 2)", id="item-among-keys"),
+    pytest.param("rules:\n  - name: a\n    summary: disk: full\n", (3, 18),
+                 "(a value that contains ': ' must be quoted, e.g. summary: \"disk: full\"; or this line is "
+                 "indented too far)", id="unquoted-colon"),
+])
+def test_yaml_mistakes_get_a_hint_in_plain_words(tmp_path, text, where, hint):
+    err = load_file(write(tmp_path / "r.yaml", text))
+    assert isinstance(err, RuleError)
+    assert (err.line, err.col) == where
+    assert err.message.startswith("invalid YAML: ") and err.message.endswith(hint), err.message

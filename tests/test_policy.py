@@ -127,6 +127,49 @@ def test_an_inhibitor_with_a_resolve_gives_no_warning(tmp_path):
     assert result.ruleset is not None and (result.errors, result.warnings) == ((), ())
 
 
+def test_absent_expect_builds_each_group_as_the_event_a_heartbeat_of_it_would_be(tmp_path):
+    _, result = load(tmp_path, """\
+  - name: hb
+    match: {field: type, equals: heartbeat}
+    services: [pay]
+    group_by: [job, site.name, [labels, k8s.pod]]
+    absent:
+      for: 1h
+      expect: [{job: db, site.name: eu, labels.k8s.pod: web-0}, {job: 7, site.name: null, labels.k8s.pod: x}]
+""")
+    assert result.errors == (), [str(e) for e in result.errors]
+    assert result.ruleset.rule("hb").policy.expect == (
+        {"job": "db", "site": {"name": "eu"}, "labels": {"k8s.pod": "web-0"}},
+        {"job": 7, "site": {"name": None}, "labels": {"k8s.pod": "x"}},
+    )
+
+
+def test_absent_expect_must_name_exactly_the_group_by_fields(tmp_path):
+    file, result = load(tmp_path, """\
+  - name: hb
+    match: {field: type, equals: heartbeat}
+    services: [pay]
+    group_by: [job, site.name]
+    absent:
+      for: 1h
+      expect:
+        - {job: db}
+        - {job: db, site.name: eu, jb: x}
+  - name: nogroups
+    match: {field: type, equals: heartbeat}
+    services: [pay]
+    absent: {for: 1h, expect: [{job: db}]}
+""")
+    assert [str(e) for e in result.errors] == [
+        f"{file}:11:11: rule 'hb': missing group_by field 'site.name': an expected group names exactly its "
+        "group_by fields (job, site.name)",
+        f"{file}:12:36: rule 'hb': 'jb' is not a group_by field of this rule (did you mean 'job'?): an "
+        "expected group names exactly its group_by fields (job, site.name)",
+        f"{file}:16:23: rule 'nogroups': expect names groups by their group_by values, but this rule has no "
+        "group_by",
+    ]
+
+
 def test_a_fixed_window_includes_its_start_and_excludes_its_end(tmp_path):
     w = window(tmp_path, '{start: "2026-12-24T00:00:00+01:00", end: "2026-12-27T00:00:00Z"}')
     start, end = at("2026-12-23T23:00:00Z"), at("2026-12-27T00:00:00Z")

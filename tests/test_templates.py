@@ -146,7 +146,7 @@ def test_compile_template_at_collects_problems() -> None:
     assert len(problems) == 1
     problem = problems[0]
     assert (problem.file, problem.path, problem.rule) == ("r.yaml", ("rules", 0, "source"), "x")
-    assert problem.message.startswith("template syntax error: ")
+    assert problem.message.startswith("template syntax error in source: ")  # the field, within its rule
 
 
 def test_tree_renders_nested_structure_and_keeps_scalars() -> None:
@@ -184,7 +184,7 @@ def test_tree_collects_syntax_errors_and_unsupported_values_at_their_paths() -> 
         file="r.yaml", path=("rules", 2, "details"), problems=problems, rule="r",
     )  # fmt: skip
     assert [(p.path, p.message.split(":")[0]) for p in problems] == [
-        (("rules", 2, "details", "bad", 1), "template syntax error"),
+        (("rules", 2, "details", "bad", 1), "template syntax error in details.bad.1"),
         (("rules", 2, "details", "odd"), "unsupported value of type set"),
     ]
 

@@ -67,6 +67,25 @@ BROKEN = [
         VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
         "    details:\n      - '{{ event.message }}'\n",
         "7:5: rule 'a': 'details' must be a mapping or null, not a list", id="details-list"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, gte: \"500\"}\n",
+        "6:23: rule 'a': 'gte' must be a number, not a string (remove the quotes: gte: 500)", id="quoted-number"),
+    pytest.param("services:\n  sre: {service_key: k, api: null}\n",
+                 "2:25: 'api' must be one of v2, v1, not null", id="enum-shows-json-not-python"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
+        "    mute:\n      - {cron: \"0 2 * * SUN\", timezone: Europe/Berlin}\n",
+        "8:9: rule 'a': missing required key 'duration': a recurring mute window is cron + duration (+ timezone)",
+        id="mute-without-duration"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
+        "    mute:\n      - {start: \"2026-12-24T00:00:00Z\"}\n",
+        "8:9: rule 'a': missing required key 'end': a fixed mute window is start + end", id="mute-without-end"),
+    pytest.param(
+        VALID_SERVICE + "rules:\n  - name: a\n    services: [sre]\n    match: {field: x, equals: 1}\n"
+        "    mute:\n      - {cron: \"0 2 * * SUN\", duration: 2h, end: \"2026-12-24T00:00:00Z\"}\n",
+        "8:9: rule 'a': a mute window is either cron + duration (+ timezone) or start + end, not both: found cron, "
+        "duration, end", id="mute-mixed"),
 ]
 
 

@@ -16,9 +16,10 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from engine.rules.conditions import Definitions, compile_condition, parse_field
-from engine.rules.errors import Path, Problem
+from engine.rules.errors import Path, Problem, shown
 from engine.rules.index import CandidateIndex
 from engine.rules.load import Document
+from engine.rules.numeric import numeric_warnings
 from engine.rules.policy import STATELESS, compile_policy
 from engine.rules.ruleset import SEVERITIES, Image, Link, Rule, RuleSet, Service
 from engine.rules.validate import did_you_mean
@@ -89,8 +90,7 @@ class _Compiler:
         problems = self.problems
         for i, service in enumerate(raw["services"]):
             if service not in services:
-                problems.append(Problem(file, (*path, "services", i),
-                                        f"unknown service '{service}'{did_you_mean(service, services)}", name))
+                problems.append(Problem(file, (*path, "services", i), _unknown_service(service, services), name))
         condition = compile_condition(raw["match"], file=file, path=(*path, "match"),
                                       definitions=definitions, problems=problems, rule=name)
         templates: dict[str, Template | None] = {}
@@ -101,7 +101,7 @@ class _Compiler:
         severity = templates.get("severity")
         if severity is not None and severity.is_constant and severity.source not in (*SEVERITIES, AUTO_SEVERITY):
             problems.append(Problem(file, (*path, "severity"), f"severity must be one of {', '.join(SEVERITIES)}"
-                                    f" or a template, not {severity.source!r} (or {AUTO_SEVERITY}: from the "
+                                    f" or a template, not {shown(severity.source)} (or {AUTO_SEVERITY}: from the "
                                     "event's level)", name))
         details = raw.get("details")
         resolve_match = None
@@ -185,6 +185,7 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
             rules.append(rule)
             used.update(rule.services)
     definitions.check_all(c.problems)
+    c.problems.extend(numeric_warnings(docs))
     by_name = {r.name: r for r in rules}
     inhibit_fields: dict[str, dict[str, Any]] = {}
     for rule in rules:
@@ -215,6 +216,19 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
     inhibit = {name: tuple(fields.items()) for name, fields in inhibit_fields.items()}
     return RuleSet(tuple(rules), services, {d.file: d.sha256 for d in docs}, index, resolve_index, by_name,
                    inhibit), c.problems
+
+
+_KNOWN_LISTED = 20  # an unknown service's message lists at most this many known ones
+
+
+def _unknown_service(name: str, services: Mapping[str, Service]) -> str:
+    """`unknown service 'X'`, with a did-you-mean and the services there are (or that there are none)."""
+    if not services:
+        return f"unknown service '{name}': no services are defined (add it under 'services:' in a rule file)"
+    known = sorted(services)
+    listed = ", ".join(known[:_KNOWN_LISTED]) + (f" and {len(known) - _KNOWN_LISTED} more"
+                                                 if len(known) > _KNOWN_LISTED else "")
+    return f"unknown service '{name}'{did_you_mean(name, known)}; known services: {listed}"
 
 
 def _rule_path(doc: Document, name: str, *rest: str | int) -> Path:

@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 # A path into a loaded YAML document: mapping keys and list indexes, e.g. ("rules", 3, "match", "all", 0).
 Path = tuple[str | int, ...]
+
+
+def shown(value: Any) -> str:
+    """A value as messages show it: a string in single quotes, anything else as JSON (null, true, {"a": 1})."""
+    if isinstance(value, str):
+        return f"'{value}'"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def key_name(path: Path) -> str:
+    """The key at `path` as it is written within its rule (`summary`, `details.region`, `links.0.href`), or
+    within the file when it lies outside the rules."""
+    inside = path[2:] if len(path) > 2 and path[0] == "rules" and isinstance(path[1], int) else path
+    return ".".join(map(str, inside))
 
 
 @dataclass(frozen=True)

@@ -98,11 +98,42 @@ def load_file(file: str) -> Document | RuleError:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        return RuleError(file, line, col, None, f"invalid YAML: {exc.problem or exc.context}")
+        hint = _yaml_hint(exc, text)
+        return RuleError(file, line, col, None, f"invalid YAML: {exc.problem or exc.context}{hint}")
     except _DuplicateKey as exc:
         return RuleError(file, exc.line, exc.col, None, f"duplicate key '{exc.key}'")
     doc.marks[()] = (node.start_mark.line + 1, node.start_mark.column + 1) if node is not None else (1, 1)
     return doc
+
+
+def _yaml_hint(exc: yaml.MarkedYAMLError, text: str) -> str:
+    """A plain-words hint for the YAML mistakes people make most (tabs, indentation), as ` (hint)`, or ""."""
+    mark, begun = exc.problem_mark, exc.context_mark
+    if mark is None:
+        return ""
+    lines = text.splitlines()
+    source = lines[mark.line] if mark.line < len(lines) else ""
+    indent = source[:len(source) - len(source.lstrip(" \t"))]
+    if "\t" in indent or source[mark.column:mark.column + 1] == "\t":
+        return " (YAML does not allow tabs for indentation: indent with spaces)"
+    problem = exc.problem or ""
+    if problem.startswith("mapping values are not allowed"):
+        return " (a value that contains ': ' must be quoted, e.g. summary: \"disk: full\"; or this line is " \
+               "indented too far)"
+    col = mark.column + 1
+    if begun is None:
+        return ""
+    start_line, start_col = begun.line + 1, begun.column + 1
+    if problem == "did not find expected key":
+        if source.lstrip().startswith("-") and col == start_col:
+            return f" (a list item '-' cannot stand among the keys of the mapping begun on line {start_line})"
+        if col != start_col:
+            return (f" (bad indentation: this line starts in column {col}, but the keys of the mapping begun on "
+                    f"line {start_line} start in column {start_col})")
+    if problem == "did not find expected '-' indicator" and col != start_col:
+        return (f" (bad indentation: this line starts in column {col}, but the items of the list begun on line "
+                f"{start_line} start with '-' in column {start_col})")
+    return ""
 
 
 class _DuplicateKey(Exception):

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.cron import CronTrigger
 
 from engine.rules.conditions import Condition, FieldPath, parse_field
-from engine.rules.errors import Path, Problem
+from engine.rules.errors import Path, Problem, shown
+from engine.rules.validate import did_you_mean
 from engine.units import parse_duration, parse_instant
 
 
@@ -78,6 +79,7 @@ class Policy:
     spike: Spike | None = None
     change: FieldPath | None = None
     absent: float | None = None  # seconds of silence that page
+    expect: tuple[dict[str, Any], ...] = ()  # absent: the groups watched even if never seen, as events
     throttle: float | None = None
     resolve_after: float | None = None
     resolve_match: Condition | None = None
@@ -106,6 +108,7 @@ def compile_policy(raw: dict[str, Any], *, file: str, path: Path, rule: str, pro
         spike=Spike(float(s["ratio"]), parse_duration(s["window"]), s.get("min_count", 1)) if s else None,
         change=parse_field(raw["change"]["field"]) if "change" in raw else None,
         absent=parse_duration(raw["absent"]["for"]) if "absent" in raw else None,
+        expect=_expected(raw, problem) if "expect" in raw.get("absent", {}) else (),
         throttle=parse_duration(raw["throttle"]) if "throttle" in raw else None,
         resolve_after=parse_duration(resolve["after"]) if "after" in resolve else None,
         resolve_match=resolve_match,
@@ -116,6 +119,50 @@ def compile_policy(raw: dict[str, Any], *, file: str, path: Path, rule: str, pro
     )
 
 
+def _expected(raw: dict[str, Any], problem: Any) -> tuple[dict[str, Any], ...]:
+    """The groups of `absent.expect`, each as the event a heartbeat of it would be: every group_by value
+    placed at its field's path, so that its dedup key is computed as for a real event."""
+    fields = {f if isinstance(f, str) else ".".join(map(str, f)): parse_field(f) for f in raw.get("group_by", ())}
+    if not fields:
+        problem(("absent", "expect"), "expect names groups by their group_by values, but this rule has no group_by")
+        return ()
+    names = ", ".join(fields)
+    events = []
+    for i, item in enumerate(raw["absent"]["expect"]):
+        where = ("absent", "expect", i)
+        unknown = [k for k in item if k not in fields]
+        for key in unknown:
+            problem((*where, key), f"'{key}' is not a group_by field of this rule{did_you_mean(key, fields)}: "
+                    f"an expected group names exactly its group_by fields ({names})")
+        missing = [k for k in fields if k not in item]
+        if missing:
+            keys = ", ".join(f"'{k}'" for k in missing)
+            problem(where, f"missing group_by field{'s' if len(missing) > 1 else ''} {keys}: an expected group "
+                    f"names exactly its group_by fields ({names})")
+        if unknown or missing:
+            continue
+        event: dict[str, Any] = {}
+        if _place_all(event, [(fields[k], v) for k, v in item.items()]):
+            events.append(event)
+        else:
+            problem(where, f"the group_by fields {names} overlap (one lies inside another): they cannot be expected")
+    return tuple(events)
+
+
+def _place_all(event: dict[str, Any], values: list[tuple[FieldPath, Any]]) -> bool:
+    """Put each value at its path in `event` (creating mappings on the way); False where paths overlap."""
+    for path, value in values:
+        at = event
+        for segment in path[:-1]:
+            at = at.setdefault(str(segment), {})
+            if not isinstance(at, dict):
+                return False
+        if str(path[-1]) in at:
+            return False
+        at[str(path[-1])] = value
+    return True
+
+
 def _mute(spec: dict[str, Any], problem: Any) -> MuteWindow | None:
     renotify = spec.get("on_end", "drop") == "renotify"
     if "cron" in spec:
@@ -123,12 +170,12 @@ def _mute(spec: dict[str, Any], problem: Any) -> MuteWindow | None:
         try:
             tz = ZoneInfo(spec.get("timezone", "UTC"))
         except (ZoneInfoNotFoundError, ValueError):
-            problem(("timezone",), f"unknown time zone {spec['timezone']!r} (use an IANA name like Europe/Berlin)")
+            problem(("timezone",), f"unknown time zone {shown(spec['timezone'])} (use an IANA name like Europe/Berlin)")
             return None
         try:
             cron = CronTrigger.from_crontab(spec["cron"], timezone=tz)
         except ValueError as exc:
-            problem(("cron",), f"invalid cron expression {spec['cron']!r}: {exc}")
+            problem(("cron",), f"invalid cron expression {shown(spec['cron'])}: {exc}")
             return None
         return MuteWindow(renotify, cron=cron, duration=parse_duration(spec["duration"]))
     instants: dict[str, float] = {}

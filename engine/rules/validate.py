@@ -19,7 +19,8 @@ import jsonschema_rs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from engine.rules.errors import Path, Problem
+from engine.rules.errors import Path, Problem, shown
+from engine.rules.numeric import is_number_like
 
 CONDITION_KINDS = ("all", "any", "not", "macro", "field")
 OPERATORS = ("equals", "in", "regex", "contains", "prefix", "suffix", "exists", "gt", "gte", "lt", "lte")
@@ -125,19 +126,23 @@ def _translate(error: ValidationError) -> Iterator[tuple[Path, str]]:
         yield from _translate_one_of(error, path)
     elif kind == "type":
         expected = error.validator_value
-        words = " or ".join(_TYPE_WORDS.get(t, t) for t in ([expected] if isinstance(expected, str) else expected))
+        types = [expected] if isinstance(expected, str) else list(expected)
+        words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
         what = "the file" if not path else _name(path)
-        hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)" if (
-            isinstance(instance, bool) and "string" in expected) else ""
+        hint = ""
+        if isinstance(instance, bool) and "string" in types:
+            hint = " (YAML reads yes/no/on/off/true/false as booleans: quote it)"
+        elif path and isinstance(instance, str) and is_number_like(instance) and {"number", "integer"} & set(types):
+            hint = f" (remove the quotes: {path[-1]}: {instance.strip()})"
         yield path, f"{what} must be {words}, not {_json_type(instance)}{hint}"
     elif kind == "enum":
         choices = ", ".join(str(c) for c in error.validator_value)
-        yield path, f"{_name(path)} must be one of {choices}, not {instance!r}"
+        yield path, f"{_name(path)} must be one of {choices}, not {shown(instance)}"
     elif kind == "pattern" and schema.get("pattern") == NAME_PATTERN:
-        yield path, f"invalid name {instance!r}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
+        yield path, f"invalid name {shown(instance)}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
     elif kind == "pattern":
         hint = f": {schema['description']}" if "description" in schema else ""
-        yield path, f"{_name(path)} is not valid: {instance!r}{hint}"
+        yield path, f"{_name(path)} is not valid: {shown(instance)}{hint}"
     elif kind in ("minItems", "minLength"):
         yield path, f"{_name(path)} must not be empty"
     elif kind == "uniqueItems":
@@ -158,19 +163,37 @@ def _translate_one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path
         found = [op for op in OPERATORS if op in instance]
         ops = ", ".join(OPERATORS)
         if not found:
-            yield path, f"condition on field {instance.get('field')!r} needs an operator: one of {ops}"
+            yield path, f"condition on field {shown(instance.get('field'))} needs an operator: one of {ops}"
         else:
             yield path, f"a condition takes exactly one operator, found {', '.join(found)}"
     elif any("service_key" in b.get("required", ()) for b in branches):
         yield path, "a service needs exactly one of 'service_key' or 'service_key_file'"
+    elif len(path) >= 2 and path[-2] == "mute" and isinstance(instance, dict):
+        yield path, _explain_mute(instance)
     elif (path and path[-1] == "field") or (len(path) >= 2 and path[-2] == "group_by"):
         yield path, "a field is a dotted path string or a list of path segments"
     elif path and path[-1] == "in":
         yield path, "'in' takes a non-empty list of values or {list: NAME}"
     elif "description" in schema:
-        yield path, f"{_name(path)} is not valid: {instance!r}; {_lower_first(schema['description'])}"
+        yield path, f"{_name(path)} is not valid: {shown(instance)}; {_lower_first(schema['description'])}"
     else:
         yield path, error.message
+
+
+def _explain_mute(window: dict[str, Any]) -> str:
+    """What a mute window that is neither a recurring nor a fixed one lacks, or mixes."""
+    recurring: list[str] = [k for k in ("cron", "duration", "timezone") if k in window]
+    fixed: list[str] = [k for k in ("start", "end") if k in window]
+    if recurring and fixed:
+        return (f"a mute window is either cron + duration (+ timezone) or start + end, not both: found "
+                f"{', '.join(recurring + fixed)}")
+    if fixed:
+        return f"missing required key '{'end' if 'start' in window else 'start'}': a fixed mute window is start + end"
+    missing = [k for k in ("cron", "duration") if k not in window]
+    if recurring and missing:
+        keys = "keys 'cron' and 'duration'" if len(missing) == 2 else f"key '{missing[0]}'"
+        return f"missing required {keys}: a recurring mute window is cron + duration (+ timezone)"
+    return "a mute window needs cron + duration (+ timezone), or start + end"
 
 
 def _lower_first(text: str) -> str:

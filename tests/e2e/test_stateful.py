@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
+
+from tests.e2e.conftest import run_cli
 
 RULES = """\
 services:
@@ -85,6 +88,28 @@ async def test_resolve_match_and_absent_heartbeats_fire_on_their_own(start_daemo
     await daemon.stop()
 
 
+async def test_an_expected_job_that_never_reports_pages_for_after_the_start_also_after_a_restart(
+        start_daemon, fake_pagerduty):
+    rules = RULES + """\
+  - name: backup
+    match: {field: type, equals: backup_done}
+    group_by: [job]
+    absent: {for: 3s, expect: [{job: nightly}]}
+    services: [pay]
+"""
+    daemon = await start_daemon(rules)
+    await daemon.stop()  # before it is due
+    await daemon.start()
+    restarted = time.monotonic()
+    [page] = await fake_pagerduty.wait_for(1, timeout=15)
+    assert page.body["event_action"] == "trigger" and page.body["dedup_key"] == "backup/nightly"
+    assert page.at - restarted >= 2.5  # watched again from the restart, never seen at all
+    await daemon.post_events({"type": "backup_done", "job": "nightly"})  # it reports at last: resolved
+    back = (await fake_pagerduty.wait_for(2))[1]
+    assert back.body["event_action"] == "resolve" and back.body["dedup_key"] == "backup/nightly"
+    await daemon.stop()
+
+
 async def test_a_reload_keeps_the_state_of_unchanged_rules(start_daemon, fake_pagerduty, tmp_path):
     daemon = await start_daemon(RULES.replace("after: 2s", "after: 1h"))
     await daemon.post_events([ERR, ERR])
@@ -94,6 +119,21 @@ async def test_a_reload_keeps_the_state_of_unchanged_rules(start_daemon, fake_pa
     assert status == 200
     _, answer = await daemon.post_events(ERR)  # the count of 2 survived the reload: this is the third
     assert answer["notifications"] == 2
+    await daemon.stop()
+
+
+async def test_a_silence_on_a_field_it_never_sees_is_refused_by_the_api_and_the_cli(start_daemon):
+    daemon = await start_daemon(RULES)
+    status, bad = await daemon.request("POST", "/v1/silences", json={"match": {"field": "host", "equals": "web-1"},
+                                                                     "until": "1h"})
+    hint = "'host' can never match: a silence sees only rule, dedup_key and event.* (did you mean event.host?)"
+    assert status == 400 and bad == {"error": f"match.field: {hint}"}
+    cli = await run_cli("silence", "add", "--api", daemon.url, "--match", "{field: host, equals: web-1}",
+                        "--until", "1h")
+    assert cli.returncode == 1 and cli.stdout == ""
+    assert cli.stderr.strip().endswith(f"HTTP 400: match.field: {hint}")
+    _, listed = await daemon.request("GET", "/v1/silences")
+    assert listed["silences"] == []  # nothing stored
     await daemon.stop()
 
 
