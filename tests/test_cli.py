@@ -72,7 +72,7 @@ def test_check_refuses_details_that_are_not_a_mapping_at_the_key(tmp_path):
 def test_check_warns_of_a_key_that_is_not_32_characters_without_printing_it(tmp_path):
     path = rules_file(tmp_path)
     proc = run("check", path, env={"PD_PAY": "R0123456789abcdefV2KEY", "PD_OPS": KEY})
-    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rules, 2 services in 1 files\n")
+    assert (proc.returncode, proc.stdout) == (0, "ok: 1 rule, 2 services in 1 file\n")
     assert proc.stderr.splitlines() == [
         f"{path}:2:9: warning: service 'pay': key is 22 characters, PagerDuty integration keys are 32"]
     env = {k: v for k, v in os.environ.items() if k not in ("PD_PAY", "PD_OPS")}

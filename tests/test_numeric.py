@@ -7,7 +7,7 @@ import pytest
 from engine.rules import load_ruleset
 from engine.rules.numeric import is_number_like
 
-HEAD = "services:\n  sre: {service_key: abcdefgh1234}\n"
+HEAD = "services:\n  sre: {service_key: abcdefgh1234abcdefgh1234abcdefgh}\n"
 
 
 def warnings_of(tmp_path, text: str) -> list[str]:
