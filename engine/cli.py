@@ -251,10 +251,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 1
     now = datetime.now(UTC)
     base = args.url.rstrip("/")
+    services = result.ruleset.services
     for i, event in enumerate(events):
         for n in fan_out(result.ruleset, result.ruleset.match(event), now):
             line = {"event": i, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
-                    "body": n.masked_body()}
+                    "body": n.masked_body(services[n.service].key)}
             print(json.dumps(line, ensure_ascii=False))
     return 0
 
