@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", parents=[api], help="list, retry or purge dead letters",
                           description="Notifications PagerDuty rejected (4xx) or that were not delivered "
-                          "within give_up_after. 'retry ID' puts one back in the outbox; 'purge [ID...]' "
+                          "within give_up_after, or whose service a reload removed. 'retry ID' puts one "
+                          "back in the outbox (it goes with the service's key at that time); 'purge [ID...]' "
                           "deletes the given ones, or all.")
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", type=int, metavar="ID")
