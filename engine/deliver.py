@@ -1,5 +1,5 @@
-"""Delivery: claim notifications from the store, pace them per integration key, POST them to PagerDuty,
-classify the answer, and complete, retry later or dead-letter each one.
+"""Delivery: claim notifications from the store, pace them per integration key, POST them to PagerDuty
+(`engine.pagerduty`), and complete, retry later or dead-letter each one by what the answer means.
 
 - Keys: stored bodies have no service key. At send time the key the current rule set gives the
   notification's service (`service_key(name)`) is put in front of the body (`render.with_key`), so a
@@ -34,90 +34,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import enum
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TextIO
-
-import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
 
 from engine.metrics import Registry
 from engine.pacing import Slots, TokenBucket
-from engine.render import Notification, with_key
-from engine.rules.ruleset import mask_key
+from engine.pagerduty import DEFAULT_BASE_URL, Answer, Client, Verdict, classify
+from engine.render import Notification
 from engine.store import DELIVERED_DRY_RUN, OutboxEntry, StorageError, Store
 
 log = logging.getLogger("alert_engine.deliver")
 
-DEFAULT_BASE_URL = "https://events.pagerduty.com"
 CLAIM_LIMIT = 1024  # chain heads claimed at once (waiting for a token, a slot, or in flight)
 POLL_INTERVAL = 1.0  # seconds: the fallback look at the outbox when nothing woke us
 RECORD_RETRY_CAP = 10.0  # seconds: the longest wait between tries of a write the database refused
-USER_AGENT = "alert-engine"
-
-
-class Verdict(enum.Enum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    REJECTED = "rejected"
-
-
-def classify(api: str, status: int | None) -> Verdict:
-    """What PagerDuty's HTTP status (None: no answer) means for a notification sent to `api`."""
-    if status is None or status in (408, 429) or status >= 500 or (api == "v1" and status == 403):
-        return Verdict.RETRY
-    if 200 <= status < 300:
-        return Verdict.DELIVERED
-    return Verdict.REJECTED
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when absent/bad."""
-    if value is None:
-        return None
-    with contextlib.suppress(ValueError):
-        seconds = float(value)  # PagerDuty sends whole seconds; fractions are taken as meant
-        return seconds if 0 <= seconds < math.inf else None
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return max(0.0, moment.timestamp() - now)
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff before retry number `attempt + 1` (`attempt` failures before)."""
     return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 64)))
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What came back from one attempt: the HTTP status (None: no answer) and the body or the error."""
-
-    status: int | None
-    response: str
-    retry_after: float | None = None
-
-    def describe(self) -> str:
-        return f"HTTP {self.status}" if self.status is not None else self.response
-
-
-def env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy the environment names for `base_url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if any."""
-    try:
-        return get_env_proxy_for_url(URL(base_url))
-    except LookupError:
-        return None, None
 
 
 def _extra(entry: OutboxEntry, **more: Any) -> dict[str, Any]:
@@ -175,9 +114,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._proxy: URL | None = None
-        self._proxy_auth: aiohttp.BasicAuth | None = None
+        self._client: Client | None = None
         self._stop_at: float | None = None
         registry = metrics or Registry()
         self._sent = registry.counter(
@@ -202,14 +139,7 @@ class Deliverer:
 
     async def start(self) -> None:
         if self._dry_run is None:
-            # The proxy (HTTPS_PROXY / HTTP_PROXY, NO_PROXY) is read from the environment once, here, for
-            # the one base URL: with trust_env=True aiohttp reads the environment and ~/.netrc again on a
-            # worker thread for every request, which was 40% of the daemon's CPU while delivering.
-            self._proxy, self._proxy_auth = env_proxy(self._base_url)
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
+            self._client = Client(self._base_url, self._timeout, self._clock)
         self._runner = asyncio.create_task(self._run(), name="alert-engine-deliver")
 
     def notify(self) -> None:
@@ -236,9 +166,9 @@ class Deliverer:
         await asyncio.gather(self._runner, *self._tasks, return_exceptions=True)
         self._runner = None
         await self._store.release()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def _run(self) -> None:
         while True:
@@ -300,7 +230,8 @@ class Deliverer:
             async with self._slots.slot(key) as queued:
                 if waited or queued:
                     entry = await self._collapse(entry)
-                answer = await self._post(entry, key)
+                assert self._client is not None, "start() first"
+                answer = await self._client.send(entry.notification, entry.payload, key)
             await self._settle(entry, answer, key)
         except Exception:
             pause = min(self._backoff_cap, RECORD_RETRY_CAP)
@@ -334,24 +265,6 @@ class Deliverer:
                 "collapsed %d queued trigger(s) into notification %d", folded, newest.id, extra=_extra(newest)
             )
         return newest
-
-    async def _post(self, entry: OutboxEntry, key: str) -> Answer:
-        assert self._session is not None, "start() first"
-        n = entry.notification
-        url = n.url(self._base_url)
-        headers = {"Content-Type": "application/json"}
-        try:
-            async with self._session.post(url, data=with_key(n.api, entry.payload, key), headers=headers,
-                                          proxy=self._proxy, proxy_auth=self._proxy_auth) as response:
-                text = await response.text(errors="replace")
-                if key:  # an answer that quotes the key is kept and shown without it
-                    text = text.replace(key, mask_key(key))
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-                return Answer(response.status, text, retry_after)
-        except TimeoutError:
-            return Answer(None, f"no answer within {self._timeout:g}s")
-        except aiohttp.ClientError as exc:
-            return Answer(None, f"{type(exc).__name__}: {exc}")
 
     async def _settle(self, entry: OutboxEntry, answer: Answer, key: str) -> None:
         service = entry.notification.service

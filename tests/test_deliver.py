@@ -1,5 +1,4 @@
 import asyncio
-import email.utils
 import io
 import json
 import logging
@@ -9,15 +8,9 @@ import time
 import pytest
 from yarl import URL
 
-from engine.deliver import (
-    Deliverer,
-    Verdict,
-    backoff,
-    classify,
-    env_proxy,
-    parse_retry_after,
-)
+from engine.deliver import Deliverer, backoff
 from engine.metrics import Registry
+from engine.pagerduty import env_proxy
 from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import Reply, accept_writes, refuse_writes, service_key
@@ -75,37 +68,6 @@ async def idle(deliverer):
 
 
 # -- pure parts --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("api", "status", "verdict"),
-    [
-        ("v2", 202, Verdict.DELIVERED),
-        ("v1", 200, Verdict.DELIVERED),
-        ("v2", 429, Verdict.RETRY),
-        ("v1", 403, Verdict.RETRY),
-        ("v2", 403, Verdict.REJECTED),
-        ("v2", 500, Verdict.RETRY),
-        ("v1", 503, Verdict.RETRY),
-        ("v2", None, Verdict.RETRY),
-        ("v2", 400, Verdict.REJECTED),
-        ("v1", 404, Verdict.REJECTED),
-        ("v2", 301, Verdict.REJECTED),
-    ],
-)
-def test_classify(api, status, verdict):
-    assert classify(api, status) is verdict
-
-
-def test_parse_retry_after_seconds_and_http_date():
-    now = 1_700_000_000.0
-    assert parse_retry_after("30", now) == 30.0
-    assert parse_retry_after(" 0.5 ", now) == 0.5
-    assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now) == pytest.approx(120, abs=1)
-    assert parse_retry_after(email.utils.formatdate(now - 120, usegmt=True), now) == 0.0
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("-5", now) is None
 
 
 def test_backoff_is_full_jitter_doubling_to_the_cap():
