@@ -406,3 +406,47 @@ async def test_opening_an_older_database_strips_every_stored_key_from_rows_and_f
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert _files_holding(tmp_path, keys.values()) == []
+
+
+OPEN_WITH_A_FULL_DISK = """
+import asyncio, json, resource, signal, sys
+from engine.store.sqlite import SQLiteStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+
+async def main():
+    store = await SQLiteStore.open(sys.argv[1])
+    print(json.dumps([entry.payload.decode() for entry in await store.claim(now=2, limit=10)]), flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_no_room_to_rewrite_the_file_still_opens_with_keyless_rows_and_rewrites_it_next_time(
+        tmp_path, notification):
+    keys = {"pay": "pay-KEY-0123456789abcdef"}
+    path = tmp_path / "state.db"
+    queued = notification(service="pay", dedup_key="k")
+    write_old_database(path, 2, [(queued, keys["pay"])])
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # a long history, no keys
+        db.executemany("INSERT INTO history (rule, service, api, action, dedup_key, body, outcome, attempts, "
+                       "collapsed, created, sent, status, response) VALUES ('r', 's', 'v2', 'trigger', ?, ?, "
+                       "'delivered', 1, 0, 1, 2, 202, '')", [(f"h{i}", "{}" + " " * 2000) for i in range(1000)])
+    room = os.path.getsize(path) // 2  # enough for the WAL, not for a copy of the file
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OPEN_WITH_A_FULL_DISK, str(path), str(room),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == [queued.json()]  # it opened, and the queued body has no key
+    assert "cannot rewrite the file without the keys older versions stored" in err.decode()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)  # not done yet
+        assert not any(keys["pay"] in body for (body,) in db.execute("SELECT body FROM outbox"))
+    store = await SQLiteStore.open(path)  # room again: done now
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert _files_holding(tmp_path, keys.values()) == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -33,6 +34,8 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
+
+log = logging.getLogger("alert_engine.store")
 
 SCHEMA_VERSION = 3
 RESPONSE_LIMIT = 8192  # characters of a response body kept
@@ -462,9 +465,14 @@ def _connect(path: Path) -> sqlite3.Connection:
         if strip:
             # the rows hold no key now, but freed pages (delivered rows deleted before version 3, the old
             # versions of the rows just stripped) still may: rewrite the file, then empty the WAL
-            db.execute("VACUUM")
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # no room for the copy, say: start anyway, and try at the next start
+                log.warning("%s: cannot rewrite the file without the keys older versions stored (%s); "
+                            "trying again at the next start", path, exc)
+            else:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.close()
         raise
