@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     dead = sub.add_parser("dead-letters", parents=[api], help="list, retry or purge dead letters",
                           description="Notifications PagerDuty rejected (4xx) or that were not delivered "
-                          "within give_up_after. 'retry ID' puts one back in the outbox; 'purge [ID...]' "
+                          "within give_up_after, or whose service a reload removed. 'retry ID' puts one "
+                          "back in the outbox (it goes with the service's key at that time); 'purge [ID...]' "
                           "deletes the given ones, or all.")
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", type=int, metavar="ID")
@@ -276,10 +277,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     base = args.url.rstrip("/")
     origin = sentry.ORIGIN if args.via == "sentry" else None
+    services = result.ruleset.services
     for i, event in enumerate(events):
         for n in fan_out(result.ruleset, result.ruleset.match(event), now, origin):
             line = {"event": i, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
-                    "body": n.masked_body()}
+                    "body": n.masked_body(services[n.service].key)}
             print(json.dumps(line, ensure_ascii=False))
     return 0
 

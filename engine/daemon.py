@@ -122,7 +122,7 @@ class Daemon:
             raise StartupError([str(exc)]) from None
         pd = self.config.pagerduty
         self.deliverer = Deliverer(
-            self.store, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
+            self.store, service_key=self._service_key, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
             give_up_after=pd.give_up_after, rate_per_key=pd.rate_per_key, burst=pd.burst,
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
             on_dead_letter=self._dead_lettered,
@@ -316,6 +316,11 @@ class Daemon:
         """Checked before every commit of decisions: nothing is acknowledged into a deleted file."""
         if lost := self.store.lost():
             raise StorageError(lost)
+
+    def _service_key(self, name: str) -> str | None:
+        """The integration key of a service in the rule set serving now (None: the service is gone)."""
+        service = self.ruleset.services.get(name)
+        return service.key if service is not None else None
 
     def _self_alert_services(self) -> list[Service]:
         return [self.ruleset.services[s] for s in self.config.self_alert_services]

@@ -1,18 +1,31 @@
-"""Delivery: claim notifications from the store, pace them per integration key, POST them to PagerDuty,
-classify the answer, and complete, retry later or dead-letter each one.
+"""Delivery: claim notifications from the store, pace them per integration key, POST them to PagerDuty
+(`engine.pagerduty`), and complete, retry later or dead-letter each one by what the answer means.
 
+- Keys: stored bodies have no service key. At send time the key the current rule set gives the
+  notification's service (`service_key(name)`) is put in front of the body (`render.with_key`), so a
+  rotated key reaches everything queued and every retried dead letter. A notification whose service no
+  longer exists is dead-lettered (`service 'x' no longer configured`). Pacing, slots and `Retry-After`
+  go by that key: PagerDuty limits each integration key.
 - Order: the store hands out only the head of each (service, dedup key) chain, so a resolve never
   overtakes its trigger, even while the trigger waits for a retry; different chains run in parallel,
-  at most `concurrency` requests in flight in total.
+  at most `concurrency` requests in flight in total, shared fairly among keys (`pacing.Slots`): a key
+  whose requests hang delays another key's request by one request timeout at most.
 - Answers: 2xx is delivered (PagerDuty answers 202 on v2 and 200 on v1). 429, v1's 403 (its rate-limit
   answer), 408, 5xx, timeouts and connection errors are retried with exponential backoff and full
-  jitter (`uniform(0, min(cap, base * 2**attempt))`), waiting at least `Retry-After` when given. Any
-  other answer is dead-lettered at once with PagerDuty's response. A notification still undelivered
-  `give_up_after` seconds after its creation is dead-lettered with the last answer: the last attempt is
-  made at that deadline at the latest, and a `Retry-After` reaching past it gives up at once.
+  jitter (`uniform(0, min(cap, base * 2**attempt))`), waiting at least `Retry-After` when given; a
+  `Retry-After` also holds back the key's other chains until it ends (without counting an attempt
+  against them), while other keys go on. Any other answer is dead-lettered at once with PagerDuty's
+  response. A notification still undelivered `give_up_after` seconds after its creation is
+  dead-lettered with the last answer: the last attempt is made at that deadline at the latest, and a
+  `Retry-After` reaching past it gives up at once.
 - Pacing: a token bucket per integration key (`rate_per_key` per minute, `burst`; 0 turns it off).
-  A chain head that had to wait, for a token or for a retry, is backlogged: before it is sent, the
+  A chain head that had to wait, for a token, a slot or a retry, is backlogged: before it is sent, the
   triggers queued right behind it are collapsed into the newest (see `engine.store`).
+- Storage failures: when the database refuses the write that records an outcome (`complete`,
+  `retry_later`, `dead_letter`), the chain stays claimed and the same write is tried again with backoff
+  (at most `RECORD_RETRY_CAP` apart) until it goes through: a page PagerDuty accepted is not sent
+  again while this process lives (after a restart it may be: at least once). A refused `collapse`
+  sends the head as it is. One log line when writes start failing, one when they work again.
 - Dry run: instead of POSTing, each notification is written as one JSON line (key masked) to a stream
   and completed into history as `delivered-dry-run`.
 """
@@ -21,112 +34,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import enum
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any, TextIO
 
-import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
-
 from engine.metrics import Registry
+from engine.pacing import Slots, TokenBucket
+from engine.pagerduty import DEFAULT_BASE_URL, Answer, Client, Verdict, classify
 from engine.render import Notification
-from engine.store import DELIVERED_DRY_RUN, OutboxEntry, Store
+from engine.store import DELIVERED_DRY_RUN, OutboxEntry, StorageError, Store
 
 log = logging.getLogger("alert_engine.deliver")
 
-DEFAULT_BASE_URL = "https://events.pagerduty.com"
 CLAIM_LIMIT = 1024  # chain heads claimed at once (waiting for a token, a slot, or in flight)
 POLL_INTERVAL = 1.0  # seconds: the fallback look at the outbox when nothing woke us
-USER_AGENT = "alert-engine"
-
-
-class Verdict(enum.Enum):
-    DELIVERED = "delivered"
-    RETRY = "retry"
-    REJECTED = "rejected"
-
-
-def classify(api: str, status: int | None) -> Verdict:
-    """What PagerDuty's HTTP status (None: no answer) means for a notification sent to `api`."""
-    if status is None or status in (408, 429) or status >= 500 or (api == "v1" and status == 403):
-        return Verdict.RETRY
-    if 200 <= status < 300:
-        return Verdict.DELIVERED
-    return Verdict.REJECTED
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta seconds or an HTTP date); None when absent/bad."""
-    if value is None:
-        return None
-    with contextlib.suppress(ValueError):
-        seconds = float(value)  # PagerDuty sends whole seconds; fractions are taken as meant
-        return seconds if 0 <= seconds < math.inf else None
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        return None
-    return max(0.0, moment.timestamp() - now)
+RECORD_RETRY_CAP = 10.0  # seconds: the longest wait between tries of a write the database refused
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff before retry number `attempt + 1` (`attempt` failures before)."""
     return rng.uniform(0.0, min(cap, base * 2.0 ** min(attempt, 64)))
-
-
-class TokenBucket:
-    """`rate` tokens per second up to `burst`. `reserve` takes one now and says how long to wait for it.
-
-    Reservations may run the bucket negative: waiters are served in reservation order.
-    """
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
-
-    def reserve(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-@dataclass(frozen=True)
-class Answer:
-    """What came back from one attempt: the HTTP status (None: no answer) and the body or the error."""
-
-    status: int | None
-    response: str
-    retry_after: float | None = None
-
-    def describe(self) -> str:
-        return f"HTTP {self.status}" if self.status is not None else self.response
-
-
-def env_proxy(base_url: str) -> tuple[URL | None, aiohttp.BasicAuth | None]:
-    """The proxy the environment names for `base_url` (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), if any."""
-    try:
-        return get_env_proxy_for_url(URL(base_url))
-    except LookupError:
-        return None, None
-
-
-def integration_key(notification: Notification) -> str:
-    """The key PagerDuty rate-limits by (the service name when the body has none)."""
-    body = notification.body
-    return str(body.get("routing_key") or body.get("service_key") or notification.service)
 
 
 def _extra(entry: OutboxEntry, **more: Any) -> dict[str, Any]:
@@ -139,14 +69,16 @@ def _extra(entry: OutboxEntry, **more: Any) -> dict[str, Any]:
 class Deliverer:
     """Sends what the store holds until stopped. Call `notify()` after enqueueing to skip the poll.
 
-    `on_dead_letter(notification, reason)` is awaited after each dead letter is recorded (its errors
-    are logged, never raised).
+    `service_key(name)` is the integration key of a service in the rule set serving now, None when it
+    has none. `on_dead_letter(notification, reason)` is awaited after each dead letter is recorded (its
+    errors are logged, never raised).
     """
 
     def __init__(
         self,
         store: Store,
         *,
+        service_key: Callable[[str], str | None],
         base_url: str = DEFAULT_BASE_URL,
         timeout: float = 10.0,
         concurrency: int = 16,
@@ -162,6 +94,7 @@ class Deliverer:
         on_dead_letter: Callable[[Notification, str], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        self._service_key = service_key
         self._base_url = base_url
         self._timeout = timeout
         self._give_up_after = give_up_after
@@ -173,16 +106,15 @@ class Deliverer:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_dead_letter = on_dead_letter
-        self._buckets: dict[str, TokenBucket] = {}
-        self._asked_to_wait: dict[str, float] = {}  # service -> until when a Retry-After asked us to wait
-        self._in_flight = asyncio.Semaphore(concurrency)
+        self._buckets: dict[str, TokenBucket] = {}  # by integration key
+        self._slots = Slots(concurrency, clock)  # by integration key, with the Retry-After pauses
+        self._reads_failing = False  # the last look at the outbox failed (logged once)
+        self._writes_failing = False  # the last write of an outcome failed (logged once)
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._proxy: URL | None = None
-        self._proxy_auth: aiohttp.BasicAuth | None = None
+        self._client: Client | None = None
         self._stop_at: float | None = None
         registry = metrics or Registry()
         self._sent = registry.counter(
@@ -207,14 +139,7 @@ class Deliverer:
 
     async def start(self) -> None:
         if self._dry_run is None:
-            # The proxy (HTTPS_PROXY / HTTP_PROXY, NO_PROXY) is read from the environment once, here, for
-            # the one base URL: with trust_env=True aiohttp reads the environment and ~/.netrc again on a
-            # worker thread for every request, which was 40% of the daemon's CPU while delivering.
-            self._proxy, self._proxy_auth = env_proxy(self._base_url)
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
+            self._client = Client(self._base_url, self._timeout, self._clock)
         self._runner = asyncio.create_task(self._run(), name="alert-engine-deliver")
 
     def notify(self) -> None:
@@ -241,18 +166,27 @@ class Deliverer:
         await asyncio.gather(self._runner, *self._tasks, return_exceptions=True)
         self._runner = None
         await self._store.release()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
                 wait = await self._claim()
+            except StorageError as exc:
+                if not self._reads_failing:
+                    log.error("cannot read the outbox (%s); trying again every %gs", exc, POLL_INTERVAL)
+                self._reads_failing = True
+                wait = POLL_INTERVAL
             except Exception:
                 log.exception("cannot read the outbox; trying again in %gs", POLL_INTERVAL)
                 wait = POLL_INTERVAL
+            else:
+                if self._reads_failing:
+                    log.warning("the outbox can be read again")
+                self._reads_failing = False
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the cancellation that
             # stop() sends when the event is set at the same moment, and this loop would never end
             with contextlib.suppress(TimeoutError):
@@ -281,31 +215,49 @@ class Deliverer:
 
     async def _deliver(self, entry: OutboxEntry) -> None:
         try:
+            service = entry.notification.service
+            key = self._service_key(service)
+            if key is None:
+                reason = f"service '{service}' no longer configured"
+                await self._bury(entry, Answer(None, ""), reason, self._clock(), _extra(entry))
+                return
             if self._dry_run is not None:
-                await self._write_dry_run(entry)
+                await self._write_dry_run(entry, key)
                 return
             waited = entry.attempts > 0
             if self._rate > 0:
-                bucket = self._buckets.get(key := integration_key(entry.notification))
-                if bucket is None:
-                    bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, time.monotonic())
-                delay = bucket.reserve(time.monotonic())
-                if delay > 0:
-                    log.debug("paced: waiting %.3fs for a token", delay, extra=_extra(entry))
-                    await asyncio.sleep(delay)
-                    waited = True
-            if waited:
-                entry = await self._collapse(entry)
-            async with self._in_flight:
-                answer = await self._post(entry)
-            await self._settle(entry, answer)
+                waited = await self._paced(entry, key) or waited
+            async with self._slots.slot(key) as queued:
+                if waited or queued:
+                    entry = await self._collapse(entry)
+                assert self._client is not None, "start() first"
+                answer = await self._client.send(entry.notification, entry.payload, key)
+            await self._settle(entry, answer, key)
         except Exception:
-            log.exception("delivery failed; it stays in the outbox", extra=_extra(entry))
+            pause = min(self._backoff_cap, RECORD_RETRY_CAP)
+            log.exception("delivery failed; it stays in the outbox, tried again in %gs", pause, extra=_extra(entry))
+            await asyncio.sleep(pause)  # not at once: whatever failed would fail again in a loop
             with contextlib.suppress(Exception):
                 await self._store.release([entry])
 
+    async def _paced(self, entry: OutboxEntry, key: str) -> bool:
+        """Wait for a token of the key's bucket; whether that took any time."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, time.monotonic())
+        delay = bucket.reserve(time.monotonic())
+        if delay <= 0:
+            return False
+        log.debug("paced: waiting %.3fs for a token", delay, extra=_extra(entry))
+        await asyncio.sleep(delay)
+        return True
+
     async def _collapse(self, entry: OutboxEntry) -> OutboxEntry:
-        newest = await self._store.collapse(entry, now=self._clock())
+        try:
+            newest = await self._store.collapse(entry, now=self._clock())
+        except StorageError as exc:  # nothing changed: the head goes as it is
+            self._write_failed(exc, _extra(entry))
+            return entry
         folded = newest.collapsed - entry.collapsed
         if newest.id != entry.id:
             self._collapsed.inc(folded, service=entry.notification.service)
@@ -314,34 +266,20 @@ class Deliverer:
             )
         return newest
 
-    async def _post(self, entry: OutboxEntry) -> Answer:
-        assert self._session is not None, "start() first"
-        url = entry.notification.url(self._base_url)
-        headers = {"Content-Type": "application/json"}
-        try:
-            async with self._session.post(url, data=entry.payload, headers=headers, proxy=self._proxy,
-                                          proxy_auth=self._proxy_auth) as response:
-                text = await response.text(errors="replace")
-                retry_after = parse_retry_after(response.headers.get("Retry-After"), self._clock())
-                return Answer(response.status, text, retry_after)
-        except TimeoutError:
-            return Answer(None, f"no answer within {self._timeout:g}s")
-        except aiohttp.ClientError as exc:
-            return Answer(None, f"{type(exc).__name__}: {exc}")
-
-    async def _settle(self, entry: OutboxEntry, answer: Answer) -> None:
+    async def _settle(self, entry: OutboxEntry, answer: Answer, key: str) -> None:
         service = entry.notification.service
         verdict = classify(entry.notification.api, answer.status)
         now = self._clock()
         attempt = entry.attempts + 1
         extra = _extra(entry, attempt=attempt, status=answer.status)
         if verdict is Verdict.DELIVERED:
-            await self._store.complete(entry, now=now, status=answer.status, response=answer.response)
             self._sent.inc(service=service)
             self._latency.observe(max(0.0, now - entry.created), service=service)
             log.info("delivered (%s)", answer.describe(), extra=extra)
+            await self._record(entry, lambda: self._store.complete(
+                entry, now=now, status=answer.status, response=answer.response))
             if entry.attempts:
-                await self._recovered(service, now)
+                await self._recovered(service, key, now)
             return
         if verdict is Verdict.REJECTED:
             reason = f"PagerDuty rejected it: HTTP {answer.status}"
@@ -351,8 +289,7 @@ class Deliverer:
         wait = backoff(entry.attempts, self._backoff_base, self._backoff_cap, self._rng)
         if answer.retry_after is not None:
             wait = max(wait, answer.retry_after)
-            until = now + answer.retry_after
-            self._asked_to_wait[service] = max(self._asked_to_wait.get(service, 0.0), until)
+            self._slots.pause(key, now + answer.retry_after)
             if now + answer.retry_after > deadline:
                 reason = f"gave up: Retry-After {answer.retry_after:g}s reaches past give_up_after"
                 await self._bury(entry, answer, reason, now, extra)
@@ -362,17 +299,50 @@ class Deliverer:
             await self._bury(entry, answer, reason, now, extra)
             return
         due = min(now + wait, deadline)
-        await self._store.retry_later(entry, due=due, status=answer.status, response=answer.response)
         self._retried.inc(service=service)
         log.warning("attempt failed (%s); retrying in %.3fs", answer.describe(), due - now, extra=extra)
+        await self._record(entry, lambda: self._store.retry_later(
+            entry, due=due, status=answer.status, response=answer.response))
 
-    async def _recovered(self, service: str, now: float) -> None:
+    async def _record(self, entry: OutboxEntry, write: Callable[[], Awaitable[None]]) -> None:
+        """Run the write that records `entry`'s outcome and ends its lease. While the database refuses
+        it, the chain stays claimed (so nothing sends it again) and the write is tried again with
+        backoff, until it goes through or delivery stops (module docstring)."""
+        failures = 0
+        while True:
+            try:
+                await write()
+            except StorageError as exc:
+                self._write_failed(exc, _extra(entry))
+                cap = min(self._backoff_cap, RECORD_RETRY_CAP)
+                await asyncio.sleep(backoff(failures, self._backoff_base, cap, self._rng))
+                failures += 1
+                continue
+            if failures:
+                if self._writes_failing:
+                    log.warning("the database takes writes again", extra=_extra(entry))
+                self._writes_failing = False
+                log.info("recorded after %d refused write(s)", failures, extra=_extra(entry))
+            return
+
+    def _write_failed(self, exc: StorageError, extra: dict[str, Any]) -> None:
+        """Log the first refused write of a streak (not every try)."""
+        if not self._writes_failing:
+            log.error("the database refuses writes (%s): outcomes stay here and are recorded once it takes "
+                      "them again", exc, extra=extra)
+        self._writes_failing = True
+
+    async def _recovered(self, service: str, key: str, now: float) -> None:
         """A retry went through: PagerDuty answers this service again. Its other notifications waiting
         out a backoff go now (paced by the token bucket), instead of one by one over as many minutes as
-        the outage lasted. Not while PagerDuty's own Retry-After for the service still runs: it is honoured."""
-        if self._asked_to_wait.get(service, 0.0) > now:
+        the outage lasted. Not while PagerDuty's own Retry-After for the key still runs: it is honoured."""
+        if self._slots.paused_until(key) is not None:
             return
-        woken = await self._store.expedite(service, now=now)
+        try:
+            woken = await self._store.expedite(service, now=now)
+        except StorageError as exc:  # they keep their own due times
+            self._write_failed(exc, {"service": service})
+            return
         if woken:
             log.info("PagerDuty answers again: %d waiting retr%s due now", woken, "y is" if woken == 1 else "ies are",
                      extra={"service": service})
@@ -381,9 +351,8 @@ class Deliverer:
     async def _bury(
         self, entry: OutboxEntry, answer: Answer, reason: str, now: float, extra: dict[str, Any]
     ) -> None:
-        await self._store.dead_letter(
-            entry, now=now, reason=reason, status=answer.status, response=answer.response
-        )
+        await self._record(entry, lambda: self._store.dead_letter(
+            entry, now=now, reason=reason, status=answer.status, response=answer.response))
         self._dead.inc(service=entry.notification.service)
         log.error("dead-lettered: %s", reason, extra=extra)
         if self._on_dead_letter is not None:
@@ -392,7 +361,7 @@ class Deliverer:
             except Exception:
                 log.exception("the dead letter hook failed", extra=extra)
 
-    async def _write_dry_run(self, entry: OutboxEntry) -> None:
+    async def _write_dry_run(self, entry: OutboxEntry, key: str) -> None:
         assert self._dry_run is not None
         n = entry.notification
         line = {
@@ -402,11 +371,11 @@ class Deliverer:
             "url": n.url(self._base_url),
             "dedup_key": n.dedup_key,
             "action": n.action,
-            "body": n.masked_body(),
+            "body": n.masked_body(key),
         }
         self._dry_run.write(json.dumps(line, ensure_ascii=False) + "\n")
         self._dry_run.flush()
-        await self._store.complete(
-            entry, now=self._clock(), status=None, response="", outcome=DELIVERED_DRY_RUN
-        )
         log.info("dry run: written, not sent", extra=_extra(entry))
+        now = self._clock()
+        await self._record(entry, lambda: self._store.complete(
+            entry, now=now, status=None, response="", outcome=DELIVERED_DRY_RUN))

@@ -29,11 +29,16 @@ Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
 A template that fails at run time never drops the page: its field takes the default and the failure
 is recorded in the details under `template_error` (`{field: message}`).
 
+The service key is not in the body: the body is stored without it, and delivery puts the key the
+current rule set gives the service in front of it at send time (`with_key`: v2 `routing_key`, v1
+`service_key`), so a rotated key reaches every queued page. Displays show it masked (`masked_body`).
+
 Body limit: a body whose JSON as it is sent (`encode`: compact, UTF-8, measured once and stored as
-measured) exceeds PagerDuty's 512 KB, 512,000 bytes (the figure Alertmanager and Grafana use too), gets
-its details replaced by `{"_truncated": "custom_details trimmed: body was N bytes, limit 512000", ...}`
-followed by the top-level detail keys that still fit, `template_error` first, then in their order,
-skipping any key that does not fit. Fields other than the details are not trimmed.
+measured, plus the key field of the service's key at render time) exceeds PagerDuty's 512 KB, 512,000
+bytes (the figure Alertmanager and Grafana use too), gets its details replaced by
+`{"_truncated": "custom_details trimmed: body was N bytes, limit 512000", ...}` followed by the top-level
+detail keys that still fit, `template_error` first, then in their order, skipping any key that does not
+fit. Fields other than the details are not trimmed.
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ _KEY_FIELDS = {"v2": "routing_key", "v1": "service_key"}
 
 @dataclass(frozen=True)
 class Notification:
-    """One body to POST to one PagerDuty service. `body` holds the service key: never printed."""
+    """One body to POST to one PagerDuty service. `body` has no service key: see `with_key`."""
 
     rule: str
     service: str
@@ -80,7 +85,7 @@ class Notification:
     encoded: str = field(default="", repr=False, compare=False)  # `body` as `encode` wrote it, when known
 
     def json(self) -> str:
-        """The body as sent: the serialisation render measured against the size limit, made once."""
+        """The body as stored: the serialisation render measured against the size limit, made once."""
         return self.encoded or encode(self.body)
 
     @property
@@ -90,13 +95,23 @@ class Notification:
     def url(self, base: str) -> str:
         return base.rstrip("/") + self.path
 
-    def masked_body(self) -> dict[str, Any]:
-        """A copy of the body with the service key masked, for logs and `alert-engine test`."""
-        masked = dict(self.body)
-        key_field = _KEY_FIELDS[self.api]
-        if key_field in masked:
-            masked[key_field] = mask_key(masked[key_field])
-        return masked
+    def masked_body(self, key: str) -> dict[str, Any]:
+        """The body as sent to a service with `key`, the key masked: the one place displays (dry-run
+        lines, `eval`) add the key."""
+        return {_KEY_FIELDS[self.api]: mask_key(key), **self.body}
+
+
+def with_key(api: str, payload: bytes, key: str) -> bytes:
+    """A stored body (`Notification.json()` in UTF-8) as PagerDuty takes it: the key field (v2
+    `routing_key`, v1 `service_key`) put first. Delivery calls it at send time with the current key."""
+    head = encode({_KEY_FIELDS[api]: key}).encode("utf-8")  # b'{"routing_key":"..."}'
+    rest = payload[1:]
+    return head[:-1] + (b"}" if rest == b"}" else b"," + rest)
+
+
+def _key_room(service: Service) -> int:
+    """Bytes `with_key` adds to a body for this service's key."""
+    return len(encode({_KEY_FIELDS[service.api]: service.key}).encode("utf-8")) - 1
 
 
 def render(match: Match, service: Service, now: dt.datetime, origin: str | None = None) -> Notification:
@@ -113,7 +128,6 @@ def render(match: Match, service: Service, now: dt.datetime, origin: str | None 
         payload = rendering.v2_payload(summary, service)
         payload["custom_details"] = rendering.details()  # last: it reports every failure before it
         body: dict[str, Any] = {
-            "routing_key": service.key,
             "event_action": "trigger",
             "dedup_key": dedup_key,
             "payload": payload,
@@ -125,10 +139,9 @@ def render(match: Match, service: Service, now: dt.datetime, origin: str | None 
         body["client"] = CLIENT
         if sentry_url:
             body["client_url"] = sentry_url
-        encoded = _fit_body(body, payload, "custom_details")
+        encoded = _fit_body(body, payload, "custom_details", _key_room(service))
     elif service.api == "v1":
         body = {
-            "service_key": service.key,
             "event_type": "trigger",
             "incident_key": dedup_key,
             "description": summary,
@@ -140,7 +153,7 @@ def render(match: Match, service: Service, now: dt.datetime, origin: str | None 
         contexts = [{"type": "link", **x} for x in links] + [{"type": "image", **x} for x in images]
         if contexts:
             body["contexts"] = contexts
-        encoded = _fit_body(body, body, "details")
+        encoded = _fit_body(body, body, "details", _key_room(service))
     else:
         raise ValueError(f"service {service.name!r}: unknown api {service.api!r}")
     severity = body["payload"]["severity"] if service.api == "v2" else None
@@ -152,9 +165,9 @@ def render_resolve(rule_name: str, service: Service, dedup_key: str) -> Notifica
     """The resolve notification for an incident opened under `dedup_key`."""
     dedup_key = limit_dedup_key(dedup_key)
     if service.api == "v2":
-        body = {"routing_key": service.key, "event_action": "resolve", "dedup_key": dedup_key}
+        body = {"event_action": "resolve", "dedup_key": dedup_key}
     elif service.api == "v1":
-        body = {"service_key": service.key, "event_type": "resolve", "incident_key": dedup_key}
+        body = {"event_type": "resolve", "incident_key": dedup_key}
     else:
         raise ValueError(f"service {service.name!r}: unknown api {service.api!r}")
     return Notification(rule_name, service.name, service.api, "resolve", dedup_key, body)
@@ -346,17 +359,17 @@ def body_size(body: Mapping[str, Any]) -> int:
     return len(encode(body).encode("utf-8"))
 
 
-def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str) -> str:
-    """Trim `holder[key]` (the details, a mapping) in place until the body fits BODY_LIMIT, 512,000 bytes
-    (module docstring); the body's serialisation."""
+def _fit_body(body: dict[str, Any], holder: dict[str, Any], key: str, key_room: int) -> str:
+    """Trim `holder[key]` (the details, a mapping) in place until the body, with `key_room` bytes of key
+    field, fits BODY_LIMIT, 512,000 bytes (module docstring); the body's serialisation."""
     text = encode(body)
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + key_room
     if size <= BODY_LIMIT:
         return text
     details: dict[str, Any] = holder[key]
     trimmed: dict[str, Any] = {"_truncated": f"{key} trimmed: body was {size} bytes, limit {BODY_LIMIT}"}
     holder[key] = trimmed
-    room = BODY_LIMIT - body_size(body)
+    room = BODY_LIMIT - body_size(body) - key_room
     names = sorted(details, key=lambda name: name != "template_error")  # stable: template_error first
     for name in names:
         cost = len(encode({name: details[name]}).encode("utf-8")) - 2 + len(",")  # minus "{}"

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fake PagerDuty on 127.0.0.1, a maker of Notification objects, a tmpfs to fill."""
+"""Shared fixtures: a fake PagerDuty on 127.0.0.1, a maker of Notification objects, a tmpfs to fill, a
+database file that refuses writes, and one written by an older version."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -188,22 +190,99 @@ def make_notification(
     summary: str = "disk full on host1",
     details: dict[str, Any] | None = None,
 ) -> Notification:
-    """A notification with a body shaped like render's (v2 or v1, trigger or resolve)."""
-    key = service_key(service)
+    """A notification with a body shaped like render's (v2 or v1, trigger or resolve; no key)."""
     details = {"host": "host1"} if details is None else details
     trigger = action == "trigger"
     severity = "error" if trigger and api == "v2" else None
     if api == "v2":
-        body: dict[str, Any] = {"routing_key": key, "event_action": action, "dedup_key": dedup_key}
+        body: dict[str, Any] = {"event_action": action, "dedup_key": dedup_key}
         if trigger:
             body["payload"] = {"summary": summary, "source": "host1", "severity": severity,
                                "custom_details": details}
     else:
-        body = {"service_key": key, "event_type": action, "incident_key": dedup_key}
+        body = {"event_type": action, "incident_key": dedup_key}
         if trigger:
             body.update(description=summary, details=details)
     return Notification(rule, service, api, action, dedup_key, body,
                         summary=summary if trigger else "", severity=severity)
+
+
+REFUSED_TABLES = ("outbox", "history", "dead_letters")
+
+
+def refuse_writes(database: Path, when: str = "1") -> None:
+    """Make the SQLite file at `database` refuse every write to the outbox, history and dead letters
+    (for rows where `when` holds: an SQL condition naming the row `ROW`, e.g. `ROW.dedup_key = 'a'`), as a
+    full disk or a read-only file would: through triggers, from a connection of its own. `accept_writes`
+    ends it."""
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
+        for table in REFUSED_TABLES:
+            for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+                condition = when.replace("ROW.", f"{row}.")
+                db.execute(f"CREATE TRIGGER refuse_{op.lower()}_{table} BEFORE {op} ON {table} WHEN {condition} "
+                           "BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END")
+
+
+def accept_writes(database: Path) -> None:
+    with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
+        for table in REFUSED_TABLES:
+            for op in ("insert", "update", "delete"):
+                db.execute(f"DROP TRIGGER IF EXISTS refuse_{op}_{table}")
+
+
+def write_old_database(path: Path, version: int, rows: list[tuple[Notification, str]]) -> None:
+    """A database file as versions 1 and 2 wrote it: each notification's body with its key (the
+    given one) in the outbox, in history and in the dead letters, and in the remains of a delivered
+    row (deleted, as delivery did)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA secure_delete = OFF")  # as most builds do: deleted rows stay readable in the file
+    db.executescript(_VERSION_1_SCHEMA)
+    if version == 2:
+        db.execute("ALTER TABLE outbox ADD COLUMN head INTEGER NOT NULL DEFAULT 0")
+    db.execute(f"PRAGMA user_version = {version}")
+    columns = "rule, service, api, action, dedup_key, body"
+    for i, (n, key) in enumerate(rows):
+        body = json.dumps({"service_key" if n.api == "v1" else "routing_key": key, **n.body},
+                          separators=(",", ":"), ensure_ascii=False)
+        values = (n.rule, n.service, n.api, n.action, n.dedup_key, body)
+        db.execute(f"INSERT INTO history (id, {columns}, outcome, attempts, collapsed, created, sent, status, "
+                   "response) VALUES (?, ?, ?, ?, ?, ?, ?, 'delivered', 1, 0, 1, 2, 202, '')", (1000 + i, *values))
+        db.execute(f"INSERT INTO dead_letters (id, {columns}, reason, attempts, collapsed, created, failed, "
+                   "status, response) VALUES (?, ?, ?, ?, ?, ?, ?, 'x', 1, 0, 1, 2, 400, '')", (2000 + i, *values))
+    for n, key in rows:  # queued: ids the history and dead letters do not hold (theirs came from the outbox)
+        body = json.dumps({"service_key" if n.api == "v1" else "routing_key": key, **n.body},
+                          separators=(",", ":"), ensure_ascii=False)
+        values = (n.rule, n.service, n.api, n.action, n.dedup_key, body)
+        db.execute(f"INSERT INTO outbox ({columns}, created, due) VALUES (?, ?, ?, ?, ?, ?, 1, 1)", values)
+    db.execute(f"INSERT INTO outbox ({columns}, created, due) VALUES ('r', 's', 'v2', 'trigger', 'gone', ?, 1, 1)",
+               (json.dumps({"routing_key": rows[0][1], "event_action": "trigger"}),))
+    db.execute("DELETE FROM outbox WHERE dedup_key = 'gone'")
+    if version == 2:
+        db.execute("UPDATE outbox SET head = 1 WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY service, dedup_key)")
+    db.close()
+
+
+_VERSION_1_SCHEMA = """
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL, created REAL NOT NULL, due REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0, collapsed INTEGER NOT NULL DEFAULT 0,
+    last_status INTEGER, last_response TEXT NOT NULL DEFAULT '');
+CREATE TABLE history (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL, outcome TEXT NOT NULL,
+    attempts INTEGER NOT NULL, collapsed INTEGER NOT NULL,
+    created REAL NOT NULL, sent REAL NOT NULL, status INTEGER, response TEXT NOT NULL);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
+    dedup_key TEXT NOT NULL, body TEXT NOT NULL, reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL, collapsed INTEGER NOT NULL,
+    created REAL NOT NULL, failed REAL NOT NULL, status INTEGER, response TEXT NOT NULL);
+"""
 
 
 @pytest.fixture

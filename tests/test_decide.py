@@ -119,8 +119,8 @@ def test_resolve_after_quiet_goes_to_every_service_paged_once_and_not_before(tmp
     resolves = tick(rs, state, T0 + 20 * MIN)
     assert sent(resolves) == [("r", "pay", "resolve", "r/a"), ("r", "ops", "resolve", "r/a")]
     assert [n.body for n in resolves] == [
-        {"routing_key": KEY, "event_action": "resolve", "dedup_key": "r/a"},
-        {"service_key": KEY, "event_type": "resolve", "incident_key": "r/a"},
+        {"event_action": "resolve", "dedup_key": "r/a"},  # the key is put in at send time
+        {"event_type": "resolve", "incident_key": "r/a"},
     ]
     assert tick(rs, state, T0 + 20 * MIN + 1) == [] and tick(rs, state, T0 + HOUR) == []
 
@@ -475,7 +475,7 @@ def test_sentry_alerts_are_tracked_so_sentrys_resolve_reaches_every_service_page
     assert resolve_key(rs, state, "issue-7") == []
     resolves = resolve_key(rs, state, "issue-8")
     assert sent(resolves) == [("s", "pay", "resolve", "issue-8"), ("s", "ops", "resolve", "issue-8")]
-    assert resolves[1].body == {"service_key": KEY, "event_type": "resolve", "incident_key": "issue-8"}
+    assert resolves[1].body == {"event_type": "resolve", "incident_key": "issue-8"}
     assert resolve_key(rs, state, "issue-8") == []  # Sentry says it again (a resend): nothing more to do
 
 

@@ -1,5 +1,4 @@
 import asyncio
-import email.utils
 import io
 import json
 import logging
@@ -9,20 +8,12 @@ import time
 import pytest
 from yarl import URL
 
-from engine.deliver import (
-    Deliverer,
-    TokenBucket,
-    Verdict,
-    backoff,
-    classify,
-    env_proxy,
-    integration_key,
-    parse_retry_after,
-)
+from engine.deliver import Deliverer, backoff
 from engine.metrics import Registry
+from engine.pagerduty import env_proxy
 from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN
 from engine.store.sqlite import SQLiteStore
-from tests.conftest import service_key
+from tests.conftest import Reply, accept_writes, refuse_writes, service_key
 
 V2_PATH = "/v2/enqueue"
 V1_PATH = "/generic/2010-04-15/create_event.json"
@@ -47,6 +38,7 @@ async def deliverer(store, fake_pagerduty, registry):
 
     async def start(**options):
         settings = {
+            "service_key": service_key,
             "base_url": fake_pagerduty.url,
             "timeout": 2.0,
             "backoff_base": 0.01,
@@ -78,54 +70,12 @@ async def idle(deliverer):
 # -- pure parts --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("api", "status", "verdict"),
-    [
-        ("v2", 202, Verdict.DELIVERED),
-        ("v1", 200, Verdict.DELIVERED),
-        ("v2", 429, Verdict.RETRY),
-        ("v1", 403, Verdict.RETRY),
-        ("v2", 403, Verdict.REJECTED),
-        ("v2", 500, Verdict.RETRY),
-        ("v1", 503, Verdict.RETRY),
-        ("v2", None, Verdict.RETRY),
-        ("v2", 400, Verdict.REJECTED),
-        ("v1", 404, Verdict.REJECTED),
-        ("v2", 301, Verdict.REJECTED),
-    ],
-)
-def test_classify(api, status, verdict):
-    assert classify(api, status) is verdict
-
-
-def test_parse_retry_after_seconds_and_http_date():
-    now = 1_700_000_000.0
-    assert parse_retry_after("30", now) == 30.0
-    assert parse_retry_after(" 0.5 ", now) == 0.5
-    assert parse_retry_after(email.utils.formatdate(now + 120, usegmt=True), now) == pytest.approx(120, abs=1)
-    assert parse_retry_after(email.utils.formatdate(now - 120, usegmt=True), now) == 0.0
-    assert parse_retry_after(None, now) is None
-    assert parse_retry_after("soon", now) is None
-    assert parse_retry_after("-5", now) is None
-
-
 def test_backoff_is_full_jitter_doubling_to_the_cap():
     rng = random.Random(3)
     for attempt, ceiling in ((0, 1.0), (1, 2.0), (3, 8.0), (9, 300.0), (5000, 300.0)):
         delays = [backoff(attempt, 1.0, 300.0, rng) for _ in range(200)]
         assert all(0.0 <= d <= ceiling for d in delays)
         assert max(delays) > ceiling * 0.8
-
-
-def test_token_bucket_gives_the_burst_then_spaces_by_the_rate():
-    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
-    assert [bucket.reserve(0.0) for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
-    assert bucket.reserve(10.0) == 0.0  # refilled, up to the burst
-
-
-def test_integration_key_is_the_key_in_the_body(notification):
-    assert integration_key(notification(service="db")) == notification(service="db").body["routing_key"]
-    assert integration_key(notification(api="v1", service="db")) == service_key("db")
 
 
 # -- against the fake PagerDuty ----------------------------------------------------------------------
@@ -136,8 +86,8 @@ async def test_v2_and_v1_are_delivered_and_logged(store, fake_pagerduty, deliver
     await store.enqueue([v2, v1], now=time.time())  # before start: resumed on start
     await idle(await deliverer())
     by_path = {r.path: r for r in fake_pagerduty.requests}
-    assert by_path[V2_PATH].body == v2.body
-    assert by_path[V1_PATH].body == v1.body
+    assert by_path[V2_PATH].body == {"routing_key": service_key("db"), **v2.body}  # the key put in at send time
+    assert by_path[V1_PATH].body == {"service_key": service_key("web"), **v1.body}
     assert by_path[V2_PATH].headers["Content-Type"] == "application/json"
     history = {h.service: h for h in await store.history()}
     assert (history["db"].status, history["web"].status) == (202, 200)
@@ -159,7 +109,7 @@ async def test_server_errors_are_retried_then_delivered(
     await enqueue(store, running, n)
     await idle(running)
     assert [r.status for r in fake_pagerduty.requests] == [500, 500, 202]
-    assert all(r.body == n.body for r in fake_pagerduty.requests)
+    assert all(r.body == {"routing_key": service_key("db"), **n.body} for r in fake_pagerduty.requests)
     [delivered] = await store.history()
     assert (delivered.attempts, delivered.status) == (3, 202)
     retried = registry.counter("alert_engine_notifications_retried_total", "", ["service"])
@@ -168,7 +118,7 @@ async def test_server_errors_are_retried_then_delivered(
     assert [r.levelname for r in records] == ["WARNING", "WARNING", "INFO"]
     for record in records:
         assert (record.rule, record.service, record.dedup_key) == ("disk-full", "db", "disk-full/host1")
-        assert n.body["routing_key"] not in record.getMessage()
+        assert service_key("db") not in record.getMessage()
 
 
 async def test_retry_after_is_honoured(store, fake_pagerduty, deliverer, notification):
@@ -220,7 +170,7 @@ async def test_bad_request_is_dead_lettered_at_once_with_the_response(
     [dead] = await store.dead_letters()
     assert (dead.status, dead.attempts, dead.reason) == (400, 1, "PagerDuty rejected it: HTTP 400")
     assert json.loads(dead.response)["message"] == "Event object is invalid"
-    assert dead.body["routing_key"] == "****0000"
+    assert dead.body == n.body  # as stored: no key
     assert await store.history() == []
     dead_lettered = registry.counter("alert_engine_notifications_dead_lettered_total", "", ["service"])
     assert dead_lettered.get(service="db") == 1
@@ -418,3 +368,155 @@ async def test_a_retry_that_goes_through_does_not_cut_short_pagerduty_s_retry_af
         lambda rs: sorted(r.body["dedup_key"] for r in rs if r.status == 202) == ["a", "b"], timeout=10)
     b_times = [r.at for r in received if r.body["dedup_key"] == "b"]
     assert b_times[1] - b_times[0] >= 0.9  # a's success did not wake b before its Retry-After
+
+
+# -- keys: put in at send time, from the rule set serving then ---------------------------------------
+
+
+async def test_the_key_is_looked_up_at_send_time_so_a_rotated_key_reaches_retries_and_dead_letters(
+        store, fake_pagerduty, deliverer, notification):
+    keys = {"db": "old-key-of-db-0001"}
+    fake_pagerduty.fail_next(1, status=500, dedup_key="a")
+    fake_pagerduty.fail_next(1, status=400, dedup_key="b")
+    running = await deliverer(service_key=keys.get, backoff_base=0.5, backoff_cap=0.5, rng=ScriptedJitter(0.5))
+    await enqueue(store, running, notification(dedup_key="a"), notification(dedup_key="b"))
+    await fake_pagerduty.wait_for(2)
+    keys["db"] = "new-key-of-db-0002"  # a reload rotated the key while a waited for its retry
+    await idle(running)
+    [dead] = await store.dead_letters()
+    await store.retry_dead_letter(dead.id, now=time.time())
+    running.notify()
+    await idle(running)
+    sent = [(r.body["dedup_key"], r.body["routing_key"], r.status) for r in fake_pagerduty.requests]
+    assert sent == [("a", "old-key-of-db-0001", 500), ("b", "old-key-of-db-0001", 400),
+                    ("a", "new-key-of-db-0002", 202), ("b", "new-key-of-db-0002", 202)]
+    assert [h.body for h in await store.history()] == [notification(dedup_key=k).body for k in "ba"]
+
+
+async def test_a_notification_whose_service_is_gone_is_dead_lettered_and_reported(
+        store, fake_pagerduty, deliverer, registry, notification):
+    hooked = []
+
+    async def on_dead_letter(n, reason):
+        hooked.append((n.service, reason))
+
+    keys = {"db": service_key("db")}
+    running = await deliverer(service_key=keys.get, on_dead_letter=on_dead_letter)
+    await enqueue(store, running, notification(service="db"), notification(service="gone"))
+    await idle(running)
+    assert [r.body["routing_key"] for r in fake_pagerduty.requests] == [service_key("db")]
+    [dead] = await store.dead_letters()
+    assert (dead.service, dead.reason, dead.status) == ("gone", "service 'gone' no longer configured", None)
+    assert hooked == [("gone", "service 'gone' no longer configured")]
+    dead_lettered = registry.counter("alert_engine_notifications_dead_lettered_total", "", ["service"])
+    assert dead_lettered.get(service="gone") == 1
+
+
+async def test_dry_run_shows_the_current_key_masked(store, fake_pagerduty, deliverer, notification):
+    out = io.StringIO()
+    running = await deliverer(dry_run=out, service_key={"db": "rotated-key-of-db-9876"}.get)
+    await enqueue(store, running, notification())
+    await idle(running)
+    [line] = map(json.loads, out.getvalue().splitlines())
+    assert line["body"]["routing_key"] == "****9876"
+
+
+async def test_an_answer_that_quotes_the_key_is_kept_without_it(store, fake_pagerduty, deliverer, notification):
+    key = service_key("db")
+    fake_pagerduty.fail_next(1, status=400, body=f"unknown routing key {key}")
+    running = await deliverer()
+    await enqueue(store, running, notification())
+    await idle(running)
+    [dead] = await store.dead_letters()
+    assert dead.response == "unknown routing key ****0000"
+
+
+# -- storage failures: no resend storm ---------------------------------------------------------------
+
+
+async def test_a_page_sent_while_the_database_refuses_writes_is_not_sent_again_and_is_recorded_later(
+        store, fake_pagerduty, deliverer, notification, tmp_path, caplog):
+    """Disk full or read-only: what PagerDuty accepted (or refused, or failed) stays claimed here and its
+    recording is retried with backoff; nothing is sent twice, and the log says it once."""
+    caplog.set_level(logging.INFO, logger="alert_engine.deliver")
+    fake_pagerduty.fail_next(1, status=500, dedup_key="failing")
+    fake_pagerduty.fail_next(1, status=400, dedup_key="refused")
+    keys = ["ok-1", "ok-2", "ok-3", "failing", "refused"]
+    await store.enqueue([notification(dedup_key=k) for k in keys], now=time.time())
+    refuse_writes(tmp_path / "state.db")
+    running = await deliverer(backoff_base=0.05, backoff_cap=0.2)
+    await fake_pagerduty.wait_for(5)
+    with pytest.raises(TimeoutError):  # a storm would be hundreds of requests within this
+        await fake_pagerduty.wait_for(6, timeout=1.5)
+    accept_writes(tmp_path / "state.db")
+    await idle(running)
+    sent = sorted((r.body["dedup_key"], r.status) for r in fake_pagerduty.requests)
+    assert sent == sorted([("ok-1", 202), ("ok-2", 202), ("ok-3", 202), ("failing", 500), ("failing", 202),
+                           ("refused", 400)])
+    assert sorted(h.dedup_key for h in await store.history()) == ["failing", "ok-1", "ok-2", "ok-3"]
+    assert [d.dedup_key for d in await store.dead_letters()] == ["refused"]
+    errors = [r for r in caplog.records if r.name == "alert_engine.deliver" and r.levelno >= logging.ERROR
+              and "refuses writes" in r.getMessage()]
+    assert len(errors) == 1
+    assert any("takes writes again" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_refused_collapse_sends_the_head_as_it_is(store, fake_pagerduty, deliverer, notification, tmp_path):
+    await store.enqueue([notification(summary=f"t{i}") for i in range(3)], now=time.time())
+    refuse_writes(tmp_path / "state.db", "ROW.id > 1")  # the head's own completion goes through
+    running = await deliverer(rate_per_key=6000, burst=0)  # every head waits for a token: collapse first
+    [first] = await fake_pagerduty.wait_for(1)
+    assert first.body["payload"]["summary"] == "t0"
+    accept_writes(tmp_path / "state.db")
+    await idle(running)
+    assert [r.body["payload"]["summary"] for r in fake_pagerduty.requests][-1] == "t2"
+    assert (await store.counts()).outbox == 0
+
+
+# -- fair delivery -----------------------------------------------------------------------------------
+
+
+async def test_a_hanging_service_delays_another_by_at_most_one_request_timeout(
+        store, fake_pagerduty, deliverer, notification):
+    timeout = 2.0
+    fake_pagerduty.reply_next(*[Reply(202, {}, delay=60, dedup_key=f"hang-{i}") for i in range(40)])
+    running = await deliverer(timeout=timeout, concurrency=16, backoff_base=30, backoff_cap=30)
+    await enqueue(store, running, *[notification(service="hung", dedup_key=f"hang-{i}") for i in range(40)])
+    await fake_pagerduty.wait_for(16)  # every slot taken by the hanging service
+    started = time.monotonic()
+    await enqueue(store, running, *[notification(service="web", dedup_key=f"web-{i}") for i in range(60)])
+    received = await fake_pagerduty.wait_until(
+        lambda rs: sum(r.body["dedup_key"].startswith("web-") for r in rs) == 60, timeout=4 * timeout)
+    web = [r.at - started for r in received if r.body["dedup_key"].startswith("web-")]
+    assert max(web) < timeout * 1.5  # the first slot the hanging service frees goes to web, and so on
+
+
+async def test_a_key_holds_every_slot_only_while_no_other_key_has_work(store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.delay = 0.2
+    running = await deliverer(concurrency=4)
+    await enqueue(store, running, *[notification(service="a", dedup_key=f"a{i}") for i in range(8)])
+    await fake_pagerduty.wait_for(4)
+    assert fake_pagerduty.max_in_flight == 4
+    await enqueue(store, running, *[notification(service="b", dedup_key=f"b{i}") for i in range(4)])
+    await idle(running)
+    order = [r.body["dedup_key"][0] for r in fake_pagerduty.requests]
+    assert order[:4] == ["a"] * 4
+    assert order[4:8].count("b") >= 2  # the freed slots are shared, not handed to a's queue first
+
+
+async def test_retry_after_holds_back_every_chain_of_the_key_but_no_other_key(
+        store, fake_pagerduty, deliverer, notification):
+    fake_pagerduty.fail_next(1, status=429, retry_after="1.5", dedup_key="first")
+    running = await deliverer()
+    await enqueue(store, running, notification(dedup_key="first"))
+    [asked] = await fake_pagerduty.wait_for(1)
+    await enqueue(store, running, *[notification(dedup_key=f"k{i}") for i in range(10)],
+                  notification(service="web", dedup_key="other"))
+    await idle(running)
+    db = [r for r in fake_pagerduty.requests if r.body["routing_key"] == service_key("db")][1:]
+    other = next(r for r in fake_pagerduty.requests if r.body["dedup_key"] == "other")
+    assert len(db) == 11 and all(r.status == 202 for r in db)
+    assert min(r.at for r in db) - asked.at >= 1.5  # none before PagerDuty's Retry-After ended
+    assert other.at - asked.at < 1.0  # another key went on
+    history = {h.dedup_key: h for h in await store.history()}
+    assert history["k0"].attempts == 1  # waiting was not counted as a failed attempt

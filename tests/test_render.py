@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from engine.render import BODY_LIMIT, Notification, body_size, render, render_resolve
+from engine.render import BODY_LIMIT, Notification, render, render_resolve, with_key
 from engine.rules.conditions import parse_field
 from engine.rules.ruleset import Image, Link, Match, Rule, Service
 from engine.sources import sentry
@@ -46,6 +46,12 @@ def payload(event: dict[str, Any], **rule_fields: Any) -> dict[str, Any]:
     return page(event, **rule_fields).body["payload"]
 
 
+def sent_size(notification: Notification) -> int:
+    """Bytes PagerDuty receives: the stored body with the key delivery puts in at send time."""
+    key = V2_KEY if notification.api == "v2" else V1_KEY
+    return len(with_key(notification.api, notification.json().encode(), key))
+
+
 # --- whole bodies -------------------------------------------------------------------------------------
 
 
@@ -70,7 +76,6 @@ def test_v2_body_with_every_field() -> None:
         images=(Image(t("https://graphs/{{ event.host }}.png"), t("graph"), t("https://graphs")),),
     )
     assert notification.body == {
-        "routing_key": V2_KEY,
         "event_action": "trigger",
         "dedup_key": "disk-full/db1",
         "payload": {
@@ -96,7 +101,6 @@ def test_v2_body_with_every_field() -> None:
 def test_v2_body_with_defaults_only() -> None:
     event = {"host": "db1", "message": "disk full"}
     assert page(event).body == {
-        "routing_key": V2_KEY,
         "event_action": "trigger",
         "dedup_key": "disk-full",
         "payload": {
@@ -121,7 +125,6 @@ def test_v1_body_with_links_and_images() -> None:
         images=(Image(t("https://graphs/db1.png"), t("graph")), Image(t("https://graphs/2.png"))),
     )
     assert notification.body == {
-        "service_key": V1_KEY,
         "event_type": "trigger",
         "incident_key": "disk-full/db1",
         "description": "disk-full: Disk full",
@@ -143,7 +146,6 @@ def test_v1_body_with_links_and_images() -> None:
 
 def test_v1_body_with_defaults_only_has_no_contexts() -> None:
     assert page({"a": 1}, V1).body == {
-        "service_key": V1_KEY,
         "event_type": "trigger",
         "incident_key": "disk-full",
         "description": "disk-full: event matched",
@@ -478,8 +480,8 @@ def test_v1_description_is_truncated_to_1024_characters() -> None:
 def test_big_body_has_its_details_trimmed_with_a_marker() -> None:
     event = {"small": "s", "huge": "x" * 600_000, "after": 1, "also_huge": "é" * 300_000}
     notification = page(event, summary="{{ 1 / 0 }}")
-    assert body_size(notification.body) <= BODY_LIMIT
-    assert len(json.dumps(notification.body, ensure_ascii=False).encode()) <= BODY_LIMIT
+    assert sent_size(notification) <= BODY_LIMIT
+    assert notification.json() == json.dumps(notification.body, ensure_ascii=False, separators=(",", ":"))
     details = notification.body["payload"]["custom_details"]
     assert list(details) == ["_truncated", "template_error", "small", "after"]
     assert details["_truncated"].startswith("custom_details trimmed: body was ")
@@ -490,7 +492,7 @@ def test_big_body_has_its_details_trimmed_with_a_marker() -> None:
 def test_the_limit_is_pagerdutys_512000_bytes_not_512_kib() -> None:
     assert BODY_LIMIT == 512_000
     notification = page({"keep": "k", "big": "x" * 513_000})  # about 513,200 bytes: under 512 KiB (524,288)
-    assert body_size(notification.body) <= 512_000
+    assert sent_size(notification) <= 512_000
     details = notification.body["payload"]["custom_details"]
     assert list(details) == ["_truncated", "keep"]
     assert details["_truncated"].endswith(" bytes, limit 512000")
@@ -504,19 +506,20 @@ def test_trimming_keeps_every_key_that_fits() -> None:
 
 def test_a_key_that_fits_to_the_byte_is_kept_and_one_byte_more_is_not() -> None:
     huge = "z" * 1_000_000  # the marker's byte count has 7 digits in all three bodies
-    probe = page({"a": "", "b": huge}).body
-    room = BODY_LIMIT - body_size(probe)
-    exact = page({"a": "y" * room, "b": huge}).body
-    assert body_size(exact) == BODY_LIMIT
-    assert list(exact["payload"]["custom_details"]) == ["_truncated", "a"]
-    over = page({"a": "y" * (room + 1), "b": huge}).body
-    assert body_size(over) < BODY_LIMIT
-    assert list(over["payload"]["custom_details"]) == ["_truncated"]
+    probe = page({"a": "", "b": huge})
+    room = BODY_LIMIT - sent_size(probe)
+    exact = page({"a": "y" * room, "b": huge})
+    assert sent_size(exact) == BODY_LIMIT  # counting the key that is put in at send time
+    assert list(exact.body["payload"]["custom_details"]) == ["_truncated", "a"]
+    over = page({"a": "y" * (room + 1), "b": huge})
+    assert sent_size(over) < BODY_LIMIT
+    assert list(over.body["payload"]["custom_details"]) == ["_truncated"]
 
 
 def test_big_v1_body_with_details_that_are_not_a_mapping() -> None:
     notification = page({}, V1, details=["x" * 600_000])
-    assert body_size(notification.body) <= BODY_LIMIT
+    assert sent_size(notification) <= BODY_LIMIT
+    assert notification.json() == json.dumps(notification.body, ensure_ascii=False, separators=(",", ":"))
     assert list(notification.body["details"]) == ["_truncated"]
     assert notification.body["details"]["_truncated"].startswith("details trimmed: body was ")
 
@@ -537,12 +540,25 @@ def test_paths_and_urls() -> None:
     assert v1.url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/generic/2010-04-15/create_event.json"
 
 
-def test_masked_body_masks_the_key_and_leaves_the_body_alone() -> None:
+def test_bodies_carry_no_key_and_with_key_puts_it_first_at_send_time() -> None:
     v2, v1 = page({"a": 1}), page({"a": 1}, V1)
-    assert v2.masked_body() == {**v2.body, "routing_key": "****" + V2_KEY[-4:]}
-    assert v1.masked_body()["service_key"] == "****" + V1_KEY[-4:]
-    assert v2.body["routing_key"] == V2_KEY
-    assert V2_KEY not in json.dumps(v2.masked_body())
+    resolve = render_resolve("disk-full", V2, "disk-full/db1")
+    for n in (v2, v1, resolve):
+        assert V2_KEY not in n.json() and V1_KEY not in n.json()
+        assert "routing_key" not in n.body and "service_key" not in n.body
+    sent = with_key("v2", v2.json().encode(), "NEW-KEY-0001")
+    assert sent.startswith(b'{"routing_key":"NEW-KEY-0001","event_action":"trigger",')
+    assert json.loads(sent) == {"routing_key": "NEW-KEY-0001", **v2.body}
+    assert json.loads(with_key("v1", v1.json().encode(), "K")) == {"service_key": "K", **v1.body}
+    assert with_key("v2", b"{}", "K") == b'{"routing_key":"K"}'
+
+
+def test_masked_body_shows_the_key_masked_where_it_is_sent() -> None:
+    v2, v1 = page({"a": 1}), page({"a": 1}, V1)
+    assert v2.masked_body(V2_KEY) == {"routing_key": "****" + V2_KEY[-4:], **v2.body}
+    assert next(iter(v2.masked_body(V2_KEY))) == "routing_key"
+    assert v1.masked_body(V1_KEY) == {"service_key": "****" + V1_KEY[-4:], **v1.body}
+    assert V2_KEY not in json.dumps(v2.masked_body(V2_KEY))
 
 
 def test_repr_does_not_print_the_key() -> None:
@@ -554,7 +570,7 @@ def test_repr_does_not_print_the_key() -> None:
 
 def test_render_resolve_v2_and_v1() -> None:
     v2 = render_resolve("disk-full", V2, "disk-full/db1")
-    assert v2.body == {"routing_key": V2_KEY, "event_action": "resolve", "dedup_key": "disk-full/db1"}
+    assert v2.body == {"event_action": "resolve", "dedup_key": "disk-full/db1"}
     assert (v2.rule, v2.service, v2.api, v2.action, v2.dedup_key) == (
         "disk-full",
         "ops",
@@ -564,10 +580,10 @@ def test_render_resolve_v2_and_v1() -> None:
     )
     assert v2.path == "/v2/enqueue"
     v1 = render_resolve("disk-full", V1, "disk-full/db1")
-    assert v1.body == {"service_key": V1_KEY, "event_type": "resolve", "incident_key": "disk-full/db1"}
+    assert v1.body == {"event_type": "resolve", "incident_key": "disk-full/db1"}
     assert v1.action == "resolve"
     assert V1_KEY not in repr(v1)
-    assert v1.masked_body()["service_key"] == "****" + V1_KEY[-4:]
+    assert v1.masked_body(V1_KEY)["service_key"] == "****" + V1_KEY[-4:]
 
 
 def test_render_resolve_matches_the_shortened_trigger_key() -> None:

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN, StorageError, fold_collapsed_count
-from engine.store.sqlite import SQLiteStore
+from engine.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from tests.conftest import accept_writes, refuse_writes, write_old_database
 
 NOW = 1_700_000_000.0
 
@@ -116,7 +117,7 @@ from engine.store.sqlite import SQLiteStore
 
 async def main():
     store = await SQLiteStore.open(sys.argv[1])
-    body = {"routing_key": "secret-key-0000", "event_action": "trigger"}
+    body = {"event_action": "trigger"}
     batches = [[Notification("r", "s", "v2", "trigger", f"k{i}", body)] for i in range(20)]
     await asyncio.gather(*(store.enqueue(b, now=1.0) for b in batches))
     print("acknowledged", flush=True)
@@ -202,7 +203,7 @@ async def test_release_gives_a_claim_back(store, notification):
     assert [e.id for e in await store.claim(now=NOW, limit=1)] == [again.id]
 
 
-async def test_dead_letter_keeps_reason_response_attempts_masked(store, notification):
+async def test_dead_letter_keeps_reason_response_attempts_and_the_body(store, notification):
     n = notification()
     [id] = await store.enqueue([n], now=NOW)
     [entry] = await store.claim(now=NOW, limit=1)
@@ -214,9 +215,7 @@ async def test_dead_letter_keeps_reason_response_attempts_masked(store, notifica
     assert (dead.id, dead.status, dead.attempts) == (id, 400, 2)
     assert dead.reason == "PagerDuty rejected it: HTTP 400"
     assert (dead.created, dead.failed, dead.response) == (NOW, NOW + 3, '{"status":"invalid event"}')
-    assert dead.body["routing_key"] == "****0000"
-    assert dead.body["payload"] == n.body["payload"]
-    assert n.body["routing_key"] not in repr(dead)
+    assert dead.body == n.body
     assert (await store.counts()).outbox == 0
 
 
@@ -238,7 +237,7 @@ async def test_retry_dead_letter_puts_it_back_new_and_purge_deletes(store, notif
     assert await store.dead_letters() == []
 
 
-async def test_history_filters_newest_first_and_masks(store, notification):
+async def test_history_filters_newest_first(store, notification):
     specs = [("r1", "db"), ("r1", "web"), ("r2", "db")]
     for i, (rule, service) in enumerate(specs):
         await store.enqueue([notification(rule=rule, service=service, dedup_key=f"k{i}")], now=NOW)
@@ -249,9 +248,6 @@ async def test_history_filters_newest_first_and_masks(store, notification):
     assert [h.rule for h in await store.history(service="db")] == ["r2", "r1"]
     assert [h.sent for h in await store.history(since=NOW + 1)] == [NOW + 2, NOW + 1]
     assert len(await store.history(limit=1)) == 1
-    for h in await store.history():
-        assert h.body["routing_key"].startswith("****")
-        assert "secret-key" not in json.dumps(h.body)
 
 
 async def test_prune_history_drops_rows_older_than_retention(store, notification):
@@ -363,3 +359,109 @@ async def test_a_version_1_database_gets_chain_heads_and_keeps_its_order(tmp_pat
         assert (resolve.id, resolve.notification.action) == (3, "resolve")
     finally:
         await store.close()
+
+
+async def test_a_refused_write_keeps_its_lease_and_the_others_in_its_transaction_end_theirs(tmp_path, notification):
+    """A lease ends only with its own write: the chain whose write failed is not handed out again (its
+    holder retries the write), while writes committed in the same transaction end their leases."""
+    path = tmp_path / "state.db"
+    store = await SQLiteStore.open(path)
+    try:
+        await store.enqueue([notification(dedup_key=k) for k in ("a", "b", "c", "d")], now=NOW)
+        await store.enqueue([notification(dedup_key=k) for k in ("a", "b", "c", "d")], now=NOW)  # next heads
+        a, b, c, d = sorted(await store.claim(now=NOW, limit=10), key=lambda e: e.notification.dedup_key)
+        refuse_writes(path, "ROW.dedup_key IN ('a', 'c')")
+        results = await asyncio.gather(
+            store.complete(a, now=NOW, status=202, response=""),
+            store.complete(b, now=NOW, status=202, response=""),
+            store.retry_later(c, due=NOW, status=500, response=""),
+            store.dead_letter(d, now=NOW, reason="x", status=400, response=""),
+            return_exceptions=True)
+        assert [type(r) for r in results] == [StorageError, type(None), StorageError, type(None)]
+        assert "database or disk is full" in str(results[0])
+        assert sorted(e.notification.dedup_key for e in await store.claim(now=NOW, limit=10)) == ["b", "d"]
+        assert await store.claim(now=NOW, limit=10) == []  # a and c stay with whoever holds them
+        with pytest.raises(StorageError):
+            await store.collapse(a, now=NOW)  # refused: nothing changed
+        accept_writes(path)
+        await store.complete(a, now=NOW, status=202, response="")  # the holder's retry goes through
+        await store.retry_later(c, due=NOW, status=500, response="")
+        assert sorted(e.notification.dedup_key for e in await store.claim(now=NOW, limit=10)) == ["a", "c"]
+        assert (await store.counts()).history == 2
+    finally:
+        await store.close()
+
+
+def _files_holding(tmp_path, keys):
+    """(file, key) for every key found in the database files (with -wal and -shm)."""
+    return [(p.name, key) for p in sorted(tmp_path.glob("state.db*")) for key in keys
+            if key.encode() in p.read_bytes()]
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_opening_an_older_database_strips_every_stored_key_from_rows_and_file(
+        tmp_path, notification, version):
+    keys = {"pay": "pay-KEY-0123456789abcdef", "ops": "ops-KEY-0123456789abcdef"}
+    path = tmp_path / "state.db"
+    queued = [notification(service=service, dedup_key=f"k{i}", api="v1" if i % 2 else "v2",
+                           summary="ünïcode " + "x" * 3000)  # an overflow page too
+              for i, service in enumerate(keys)]
+    write_old_database(path, version, [(n, keys[n.service]) for n in queued])
+    assert _files_holding(tmp_path, keys.values())  # the test's premise: the old file holds them
+    store = await SQLiteStore.open(path)
+    try:
+        assert _files_holding(tmp_path, keys.values()) == []  # rows, freed pages, WAL: nowhere
+        claimed = sorted(await store.claim(now=2, limit=10), key=lambda e: e.id)
+        assert [e.notification for e in claimed] == queued  # the rest of every body as it was
+        assert [json.loads(e.payload) for e in claimed] == [n.body for n in queued]
+        assert [h.body for h in await store.history()][::-1] == [n.body for n in queued]
+        assert [d.body for d in await store.dead_letters()] == [n.body for n in queued]
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert _files_holding(tmp_path, keys.values()) == []
+
+
+OPEN_WITH_A_FULL_DISK = """
+import asyncio, json, resource, signal, sys
+from engine.store.sqlite import SQLiteStore
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+
+async def main():
+    store = await SQLiteStore.open(sys.argv[1])
+    print(json.dumps([entry.payload.decode() for entry in await store.claim(now=2, limit=10)]), flush=True)
+    await store.close()
+
+asyncio.run(main())
+"""
+
+
+async def test_no_room_to_rewrite_the_file_still_opens_with_keyless_rows_and_rewrites_it_next_time(
+        tmp_path, notification):
+    keys = {"pay": "pay-KEY-0123456789abcdef"}
+    path = tmp_path / "state.db"
+    queued = notification(service="pay", dedup_key="k")
+    write_old_database(path, 2, [(queued, keys["pay"])])
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:  # a long history, no keys
+        db.executemany("INSERT INTO history (rule, service, api, action, dedup_key, body, outcome, attempts, "
+                       "collapsed, created, sent, status, response) VALUES ('r', 's', 'v2', 'trigger', ?, ?, "
+                       "'delivered', 1, 0, 1, 2, 202, '')", [(f"h{i}", "{}" + " " * 2000) for i in range(1000)])
+    room = os.path.getsize(path) // 2  # enough for the WAL, not for a copy of the file
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", OPEN_WITH_A_FULL_DISK, str(path), str(room),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    assert json.loads(out) == [queued.json()]  # it opened, and the queued body has no key
+    assert "cannot rewrite the file without the keys older versions stored" in err.decode()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)  # not done yet
+        assert not any(keys["pay"] in body for (body,) in db.execute("SELECT body FROM outbox"))
+    store = await SQLiteStore.open(path)  # room again: done now
+    await store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert _files_holding(tmp_path, keys.values()) == []

@@ -10,9 +10,14 @@ The contract every backend keeps:
   only the head of a chain, and only once the head is due and its chain is not already claimed. A
   claim is a lease on the chain held in memory by this process, ended by `complete`, `retry_later`,
   `dead_letter` or `release`; closing or crashing gives everything back (at-least-once).
+- `complete`, `retry_later` and `dead_letter` end the lease only when their write succeeded. When one
+  raises `StorageError` the caller still holds the chain (nobody else can claim it, so a page that was
+  sent is not sent again by this process) and tries the same write again later. A failed `collapse`
+  leaves the claimed entry as it was.
 - A notification leaves the outbox only in the same transaction that writes it to history or to the
   dead letters.
-- Rows returned for display (`HistoryEntry`, `DeadLetter`) hold masked bodies, never a service key.
+- No row holds a service key: bodies are stored as render makes them, without one (delivery adds the
+  current key at send time), and opening a database of an older version strips the keys it kept.
 
 Collapse: while a chain is backlogged, `collapse` folds its head trigger and the triggers queued right
 behind it (up to, never across, a resolve) into the newest of them. `collapsed` (and
@@ -44,7 +49,7 @@ class StorageError(Exception):
 
 @dataclass(frozen=True)
 class OutboxEntry:
-    """A claimed notification. `payload` is the stored JSON, sent as is."""
+    """A claimed notification. `payload` is the stored JSON (no key), sent through `render.with_key`."""
 
     id: int
     notification: Notification
@@ -71,7 +76,7 @@ class HistoryEntry:
     sent: float
     status: int | None  # PagerDuty's HTTP status; None for dry runs and collapsed ones
     response: str  # PagerDuty's response body, or what it was collapsed into
-    body: dict[str, Any]  # masked
+    body: dict[str, Any]  # as stored: without the service key
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ class DeadLetter:
     failed: float
     status: int | None  # the last HTTP status, None when there was no answer
     response: str  # the last response body (or the connection error)
-    body: dict[str, Any]  # masked
+    body: dict[str, Any]  # as stored: without the service key
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class Store(Protocol):
     async def complete(
         self, entry: OutboxEntry, *, now: float, status: int | None, response: str, outcome: str = DELIVERED
     ) -> None:
-        """Move the claimed entry to history and release it."""
+        """Move the claimed entry to history and release it (kept claimed when this raises)."""
         ...
 
     async def expedite(self, service: str, *, now: float) -> int:
@@ -159,13 +164,15 @@ class Store(Protocol):
         ...
 
     async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
-        """Count a failed attempt, make the entry due at `due`, release it. Its chain waits behind it."""
+        """Count a failed attempt, make the entry due at `due`, release it (kept claimed when this raises).
+        Its chain waits behind it."""
         ...
 
     async def dead_letter(
         self, entry: OutboxEntry, *, now: float, reason: str, status: int | None, response: str
     ) -> None:
-        """Move the claimed entry to the dead letters (counting this final attempt) and release it."""
+        """Move the claimed entry to the dead letters (counting this final attempt) and release it (kept
+        claimed when this raises)."""
         ...
 
     async def release(self, entries: Sequence[OutboxEntry] | None = None) -> None:

@@ -4,7 +4,8 @@ Every SQLite call runs on one dedicated thread that owns the connection, so the 
 waits on the disk. Writes are queued; whatever queued while a transaction was being committed goes
 into the next single transaction (each write in its own savepoint, so one failing write fails alone).
 `commits` counts the transactions. Claims are leases on (service, dedup key) chains kept in memory on
-that thread: nothing about them is persisted, so on open everything in the outbox is pending again.
+that thread (`_leases`): nothing about them is persisted, so on open everything in the outbox is pending
+again. A write that ends a lease ends it once that write is committed, never when it failed.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -35,7 +37,9 @@ from engine.store import (
     fold_collapsed_count,
 )
 
-SCHEMA_VERSION = 2
+log = logging.getLogger("alert_engine.store")
+
+SCHEMA_VERSION = 3
 RESPONSE_LIMIT = 8192  # characters of a response body kept
 
 # `head` marks the first row of each (service, dedup key) chain, kept by triggers inside SQLite, so that
@@ -53,10 +57,20 @@ BEGIN
 END;
 """
 
+_HAS_KEY = "json_type(body, '$.routing_key') IS NOT NULL OR json_type(body, '$.service_key') IS NOT NULL"
+
 # version 1 had no `head`: add it, mark the heads, and the triggers keep it from then on
 _MIGRATE_FROM_1 = """
 ALTER TABLE outbox ADD COLUMN head INTEGER NOT NULL DEFAULT 0;
 UPDATE outbox SET head = 1 WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY service, dedup_key);
+"""
+
+# version 3 stores bodies without the service key (delivery adds the current one at send time): strip
+# the keys earlier versions kept in every body, queued, delivered or dead-lettered
+_STRIP_KEYS = """
+UPDATE outbox SET body = json_remove(body, '$.routing_key', '$.service_key') WHERE """ + _HAS_KEY + """;
+UPDATE history SET body = json_remove(body, '$.routing_key', '$.service_key') WHERE """ + _HAS_KEY + """;
+UPDATE dead_letters SET body = json_remove(body, '$.routing_key', '$.service_key') WHERE """ + _HAS_KEY + """;
 """
 
 SCHEMA = """
@@ -203,11 +217,11 @@ class SQLiteStore:
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
-            problem = f"database: {exc}"
-            outcomes = [(False, StorageError(problem))] * len(batch)
-        finally:
-            self._write_problem = problem
-            for write in batch:  # ended leases end even when the write failed: the row is retried
+            self._write_problem = f"database: {exc}"
+            return [(False, StorageError(self._write_problem))] * len(batch)  # every lease stays held
+        self._write_problem = problem
+        for write, (ok, _) in zip(batch, outcomes, strict=True):
+            if ok:  # a lease ends only with its own committed write; a failed one is tried again by its holder
                 self._leases.difference_update(write.release)
         return outcomes
 
@@ -388,7 +402,7 @@ class SQLiteStore:
                 f"FROM history WHERE {' AND '.join(where)} ORDER BY sent DESC, id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [HistoryEntry(*row[:6], *row[7:], body=_masked(row)) for row in rows]
+            return [HistoryEntry(*row[:6], *row[7:], body=_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -404,7 +418,7 @@ class SQLiteStore:
                 "FROM dead_letters ORDER BY id LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
-            return [DeadLetter(*row[:6], *row[7:], body=_masked(row)) for row in rows]
+            return [DeadLetter(*row[:6], *row[7:], body=_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -484,10 +498,23 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA busy_timeout = 5000")
         (version,) = db.execute("PRAGMA user_version").fetchone()
-        if version not in (0, 1, SCHEMA_VERSION):
+        if version not in (0, 1, 2, SCHEMA_VERSION):
             raise sqlite3.DatabaseError(f"{path}: schema version {version}, expected {SCHEMA_VERSION}")
         migrate = _MIGRATE_FROM_1 if version == 1 else ""
-        db.executescript(f"BEGIN IMMEDIATE; {migrate} {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        strip = _STRIP_KEYS if version in (1, 2) else ""
+        done = 2 if strip else SCHEMA_VERSION  # 3 only once no page of the file holds an old key (below)
+        db.executescript(f"BEGIN IMMEDIATE; {migrate} {SCHEMA} {strip} PRAGMA user_version = {done}; COMMIT;")
+        if strip:
+            # the rows hold no key now, but freed pages (delivered rows deleted before version 3, the old
+            # versions of the rows just stripped) still may: rewrite the file, then empty the WAL
+            try:
+                db.execute("VACUUM")
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # no room for the copy, say: start anyway, and try at the next start
+                log.warning("%s: cannot rewrite the file without the keys older versions stored (%s); "
+                            "trying again at the next start", path, exc)
+            else:
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
         db.close()
         raise
@@ -538,5 +565,5 @@ def _entry(row: tuple[Any, ...]) -> OutboxEntry:
     return OutboxEntry(id, _notification(row), body.encode(), created, attempts, collapsed)
 
 
-def _masked(row: tuple[Any, ...]) -> dict[str, Any]:
-    return _notification(row).masked_body()
+def _body(row: tuple[Any, ...]) -> dict[str, Any]:
+    return _notification(row).body

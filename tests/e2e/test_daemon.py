@@ -147,7 +147,7 @@ async def test_pagerduty_errors_are_retried_in_order_and_400_is_a_dead_letter(st
     [letter] = dead["dead_letters"]
     assert letter["dedup_key"] == "disk/c" and letter["status"] == 400
     assert "Event object is invalid" in letter["response"]
-    assert letter["body"]["routing_key"] == "****0000"
+    assert "routing_key" not in letter["body"]  # stored without the key
     # retried by the operator, it goes out again (and PagerDuty accepts it this time)
     status, _ = await daemon.request("POST", f"/v1/dead-letters/{letter['id']}/retry")
     assert status == 200
