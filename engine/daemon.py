@@ -65,7 +65,7 @@ class Daemon:
         self.dry_run = dry_run
         self.redactor = redactor
         self.out = out
-        self.metrics = Registry()
+        self.metrics = Registry(process_metrics=True)
         self.notifier = Notifier.from_env()
         self.stopping = False
         self.tokens: frozenset[str] = frozenset()
