@@ -118,6 +118,8 @@ class Daemon:
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         self.store = await SQLiteStore.open(self.config.database)
+        if woken := await self.store.expedite_all(now=time.time()):
+            log.info("%d notification(s) waiting for a retry when the daemon stopped: due now", woken)
         pd = self.config.pagerduty
         self.deliverer = Deliverer(
             self.store, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,

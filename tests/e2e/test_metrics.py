@@ -1,4 +1,5 @@
-"""`/metrics` of the running daemon: every series there from the first scrape."""
+"""`/metrics` of the running daemon: every series there from the first scrape, the outbox's oldest age,
+and retries that waited when the daemon stopped going out at once after a restart."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ rules:
 BY_SERVICE = ("alert_engine_notifications_enqueued_total", "alert_engine_notifications_sent_total",
               "alert_engine_notifications_retried_total", "alert_engine_notifications_dead_lettered_total",
               "alert_engine_notifications_collapsed_total", "alert_engine_delivery_latency_seconds_count")
+RETRIED_ONCE = 'alert_engine_notifications_retried_total{service="sre"} 1.0'
 
 
 def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -56,3 +58,24 @@ async def test_the_first_scrape_has_every_counter_at_zero_and_a_reload_adds_its_
     assert reloaded[("alert_engine_notifications_dead_lettered_total", (("service", "ops"),))] == 0
     assert reloaded[("alert_engine_reloads_total", (("result", "success"),))] == 1
     await daemon.stop()
+
+
+async def test_a_page_waiting_for_a_retry_shows_in_oldest_age_and_goes_out_at_once_after_a_restart(
+        start_daemon, fake_pagerduty):
+    fake_pagerduty.fail_next(1, 503, retry_after="3600")  # an hour's wait, the process's to remember
+    daemon = await start_daemon(RULES)
+    await daemon.post_events({"type": "disk", "host": "a"})
+    await fake_pagerduty.wait_for(1)
+    waiting = parse(await daemon.poll("/metrics", lambda t: RETRIED_ONCE in t))
+    assert waiting[("alert_engine_outbox_depth", ())] == 1
+    assert waiting[("alert_engine_outbox_oldest_age_seconds", ())] > 0
+    assert await daemon.stop() == 0
+    await daemon.start()
+    received = await fake_pagerduty.wait_for(2, timeout=5)
+    assert [r.status for r in received] == [503, 202]
+    assert received[1].body == received[0].body
+    done = parse(await daemon.poll("/metrics", lambda t: 'sent_total{service="sre"} 1.0' in t))
+    assert done[("alert_engine_outbox_depth", ())] == 0
+    assert done[("alert_engine_outbox_oldest_age_seconds", ())] == 0
+    await daemon.stop()
+    assert "1 notification(s) waiting for a retry when the daemon stopped: due now" in daemon.output()
