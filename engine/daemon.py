@@ -65,7 +65,7 @@ class Daemon:
         self.dry_run = dry_run
         self.redactor = redactor
         self.out = out
-        self.metrics = Registry()
+        self.metrics = Registry(process_metrics=True)
         self.notifier = Notifier.from_env()
         self.stopping = False
         self.tokens: ApiTokens | None = None
@@ -94,10 +94,13 @@ class Daemon:
         self._reload_success = m.gauge("alert_engine_reload_success", "1 if the last reload succeeded, else 0.")
         self._reload_time = m.gauge("alert_engine_reload_timestamp_seconds", "When the last reload finished.")
         self._reloads = m.counter("alert_engine_reloads_total", "Reloads, by result.", ["result"])
+        m.prime("result", ("success", "failure"))
         self._rules_loaded = m.gauge("alert_engine_rules_loaded", "Rules in the rule set serving now.")
         self._rule_files = m.gauge("alert_engine_rule_file_info", "Loaded rule files and their sha256.",
                                    ["file", "sha256"])
         self._outbox = m.gauge("alert_engine_outbox_depth", "Notifications waiting in the outbox.")
+        self._oldest = m.gauge("alert_engine_outbox_oldest_age_seconds",
+                               "Age of the oldest notification in the outbox; 0 when it is empty.")
         self._dead = m.gauge("alert_engine_dead_letters", "Dead letters kept in the database.")
 
     # -- start and stop -------------------------------------------------------------------------------
@@ -120,6 +123,8 @@ class Daemon:
             self.store = await SQLiteStore.open(self.config.database)
         except StorageError as exc:
             raise StartupError([str(exc)]) from None
+        if woken := await self.store.expedite_all(now=time.time()):
+            log.info("%d notification(s) waiting for a retry when the daemon stopped: due now", woken)
         pd = self.config.pagerduty
         self.deliverer = Deliverer(
             self.store, service_key=self._service_key, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
@@ -284,6 +289,7 @@ class Daemon:
         self._reload_success.set(1)
         self._reload_time.set(now)
         self._rules_loaded.set(len(ruleset.rules))
+        self.metrics.prime("service", ruleset.services)  # rate() over each service's counters from the start
         self._rule_files.clear()
         for file, sha in ruleset.files.items():
             self._rule_files.set(1, file=file, sha256=sha)
@@ -404,6 +410,8 @@ class Daemon:
     async def metrics_text(self) -> str:
         counts = await self.store.counts()
         self._outbox.set(counts.outbox)
+        oldest = counts.oldest_created
+        self._oldest.set(0.0 if oldest is None else max(0.0, time.time() - oldest))
         self._dead.set(counts.dead_letters)
         return self.metrics.render()
 

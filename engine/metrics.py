@@ -1,56 +1,175 @@
-"""A tiny Prometheus registry: counters, gauges and histograms rendered in the text exposition format.
+"""The daemon's Prometheus metrics: a small facade over `prometheus_client`.
 
-No dependency. Every metric is a family of series keyed by its label values:
+The rest of the engine asks a `Registry` for counters, gauges and histograms and updates them with the
+label values as keywords; prometheus_client writes the exposition format:
 
     registry = Registry()
     sent = registry.counter("alert_engine_notifications_sent_total", "Notifications delivered.", ["service"])
-    sent.labels(service="db").inc()
+    sent.inc(service="db")
     registry.render()
     # HELP alert_engine_notifications_sent_total Notifications delivered.
     # TYPE alert_engine_notifications_sent_total counter
-    alert_engine_notifications_sent_total{service="db"} 1
+    alert_engine_notifications_sent_total{service="db"} 1.0
 
-Asking the registry twice for the same name returns the same metric (so a component restarted in the
-same process keeps its series); asking with a different type or label names is an error. Metrics are
-updated from the event loop thread only.
+Each `Registry` has a `CollectorRegistry` of its own, never prometheus_client's global one, so that many
+daemons or deliverers built in one process (the tests) do not collide. Asking a registry twice for the
+same name returns the same metric (a component restarted in the same process keeps its series); asking
+with another type, other label names or other buckets is an error.
+
+Series exist from the start, so that `rate()` and `increase()` work from the first scrape: a metric
+without labels is at 0 at once, and `prime(label, values)` gives every counter and histogram labelled by
+that one label a series at 0 for each value (the daemon primes `service` with the services of each rule
+set it loads). Metrics are updated from the event loop thread only.
 """
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import prometheus_client
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+# `_created` series double every counter and histogram series for a timestamp that alerting on rates
+# never reads; prometheus_client's switch for them is process-wide, and this is the process's metrics.
+prometheus_client.disable_created_metrics()
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST  # of `render()`'s text, for `GET /metrics`
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
-LabelValues = tuple[str, ...]
-Sample = tuple[str, tuple[tuple[str, str], ...], float]  # name suffix, (label, value) pairs, value
+LabelValues = tuple[Any, ...]  # as given; prometheus_client writes them with str()
 
 
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it: integers without a fraction, `+Inf`, `-Inf`, `NaN`."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return repr(float(value))
+class _Family:
+    """One metric and its series, one per combination of label values (cached: the hot path is a dict
+    look-up, not prometheus_client's `labels()`)."""
+
+    primable = False  # whether `Registry.prime` gives it series at 0
+
+    def __init__(self, metric: Any, name: str, labelnames: Sequence[str]) -> None:
+        self._metric = metric
+        self.name = name
+        self.labelnames = tuple(labelnames)
+        self._series: dict[LabelValues, Any] = {}
+
+    def _key(self, labels: dict[str, Any]) -> LabelValues:
+        try:
+            key = tuple(map(labels.__getitem__, self.labelnames))
+        except KeyError:
+            key = None
+        if key is None or len(labels) != len(self.labelnames):
+            raise ValueError(f"{self.name}: labels {sorted(labels)} given, {list(self.labelnames)} expected")
+        return key
+
+    def _child(self, labels: dict[str, Any]) -> Any:
+        key = self._key(labels)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = self._metric.labels(*key) if key else self._metric
+        return series
+
+    def prime(self, primed: dict[str, tuple[str, ...]]) -> None:
+        if self.primable and len(self.labelnames) == 1:
+            [label] = self.labelnames
+            for value in primed.get(label, ()):
+                self._child({label: value})
 
 
-def escape_label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class Counter(_Family):
+    """A value that only goes up: `inc(service="db")`."""
+
+    primable = True
+
+    def inc(self, amount: float = 1.0, **labels: Any) -> None:
+        self._child(labels).inc(amount)
+
+    def get(self, **labels: Any) -> float:
+        """The value of one series (0 when it has none yet)."""
+        wanted = {n: str(v) for n, v in zip(self.labelnames, self._key(labels), strict=True)}
+        for family in self._metric.collect():
+            for sample in family.samples:
+                if sample.name == family.name + "_total" and sample.labels == wanted:
+                    return float(sample.value)
+        return 0.0
 
 
-def escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+class Gauge(_Family):
+    """A value that goes up and down: `set(3)`, or `set(1, file=..., sha256=...)`."""
+
+    def set(self, value: float, **labels: Any) -> None:
+        self._child(labels).set(value)
+
+    def clear(self) -> None:
+        """Forget every labelled series (for info-style gauges whose label sets change, like files)."""
+        self._metric.clear()
+        self._series.clear()
 
 
-def _label_text(pairs: Sequence[tuple[str, str]]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{n}="{escape_label_value(v)}"' for n, v in pairs) + "}"
+class Histogram(_Family):
+    """Observations counted into cumulative buckets (`le`), with their sum and count."""
+
+    primable = True
+
+    def __init__(self, metric: Any, name: str, labelnames: Sequence[str], buckets: tuple[float, ...]) -> None:
+        super().__init__(metric, name, labelnames)
+        self.buckets = buckets
+
+    def observe(self, value: float, **labels: Any) -> None:
+        self._child(labels).observe(value)
+
+
+class Registry:
+    """The metrics of one daemon, rendered together for `GET /metrics`. With `process_metrics`, also the
+    process's own (`process_*`: CPU, memory, open files; `python_info`, `python_gc_*`)."""
+
+    def __init__(self, *, process_metrics: bool = False) -> None:
+        self._registry = CollectorRegistry()
+        self._families: dict[str, _Family] = {}
+        self._primed: dict[str, tuple[str, ...]] = {}
+        if process_metrics:
+            prometheus_client.ProcessCollector(registry=self._registry)
+            prometheus_client.PlatformCollector(registry=self._registry)
+            prometheus_client.GCCollector(registry=self._registry)
+
+    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
+        return self._get_or_add(Counter, prometheus_client.Counter, name, help, labelnames)
+
+    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
+        return self._get_or_add(Gauge, prometheus_client.Gauge, name, help, labelnames)
+
+    def histogram(
+        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
+    ) -> Histogram:
+        bounds = _bounds(buckets)
+        histogram = self._get_or_add(Histogram, prometheus_client.Histogram, name, help, labelnames, buckets=bounds)
+        if histogram.buckets != bounds:
+            raise ValueError(f"metric {name} already registered with other buckets")
+        return histogram
+
+    def prime(self, label: str, values: Iterable[str]) -> None:
+        """Every counter and histogram labelled by `label` alone, now and registered later, gets a series
+        at 0 for each of `values` (series of values primed before stay, with what they counted)."""
+        self._primed[label] = tuple(values)
+        for family in self._families.values():
+            family.prime(self._primed)
+
+    def _get_or_add(self, facade: type[Any], kind: type[Any], name: str, help: str, labelnames: Sequence[str],
+                    **kwargs: Any) -> Any:
+        existing = self._families.get(name)
+        if existing is not None:
+            if type(existing) is not facade or existing.labelnames != tuple(labelnames):
+                raise ValueError(f"metric {name} already registered as {type(existing).__name__.lower()} "
+                                 f"with labels {list(existing.labelnames)}")
+            return existing
+        metric = kind(name, help, labelnames, registry=self._registry, **kwargs)
+        family = self._families[name] = facade(metric, name, labelnames, **kwargs)
+        family.prime(self._primed)
+        return family
+
+    def render(self) -> str:
+        """Every metric in the Prometheus text exposition format (`CONTENT_TYPE`)."""
+        return generate_latest(self._registry).decode()
 
 
 def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
@@ -59,217 +178,3 @@ def _bounds(buckets: Sequence[float]) -> tuple[float, ...]:
     if not bounds or bounds[-1] != math.inf:
         bounds.append(math.inf)
     return tuple(bounds)
-
-
-class _Metric(ABC):
-    kind = ""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        self.name = name
-        self.help = help
-        self.labelnames: LabelValues = tuple(labelnames)
-
-    def _key(self, labels: dict[str, Any]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name}: labels {sorted(labels)} given, {list(self.labelnames)} expected")
-        return tuple(str(labels[n]) for n in self.labelnames)
-
-    def _pairs(self, key: LabelValues) -> tuple[tuple[str, str], ...]:
-        return tuple(zip(self.labelnames, key, strict=True))
-
-    @abstractmethod
-    def samples(self) -> Iterable[Sample]:
-        """Every sample of every series of this metric."""
-
-    def render(self) -> str:
-        lines = [f"# HELP {self.name} {escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        for suffix, pairs, value in self.samples():
-            lines.append(f"{self.name}{suffix}{_label_text(pairs)} {format_value(value)}")
-        return "\n".join(lines) + "\n"
-
-
-class Counter(_Metric):
-    """A value that only goes up. `inc()` without labels, `labels(**values).inc()` with them."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelValues, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: Any) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot decrease (inc by {amount})")
-        key = self._key(labels)
-        self._values[key] = self._values.get(key, 0.0) + amount
-
-    def labels(self, **labels: Any) -> _Child:
-        return _Child(self, labels)
-
-    def get(self, **labels: Any) -> float:
-        return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> Iterable[Sample]:
-        for key in sorted(self._values):
-            yield "", self._pairs(key), self._values[key]
-
-
-class Gauge(_Metric):
-    """A value that goes up and down: set it, or give it a function read at each render."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._values: dict[LabelValues, float] = {}
-        self._functions: dict[LabelValues, Callable[[], float]] = {}
-
-    def set(self, value: float, **labels: Any) -> None:
-        key = self._key(labels)
-        self._functions.pop(key, None)
-        self._values[key] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: Any) -> None:
-        self.set(self.get(**labels) + amount, **labels)
-
-    def dec(self, amount: float = 1.0, **labels: Any) -> None:
-        self.inc(-amount, **labels)
-
-    def set_function(self, function: Callable[[], float], **labels: Any) -> None:
-        key = self._key(labels)
-        self._values.pop(key, None)
-        self._functions[key] = function
-
-    def labels(self, **labels: Any) -> _Child:
-        return _Child(self, labels)
-
-    def clear(self) -> None:
-        """Forget every labelled value (for info-style gauges whose label sets change, like files)."""
-        self._values.clear()
-        self._functions.clear()
-
-    def get(self, **labels: Any) -> float:
-        key = self._key(labels)
-        if key in self._functions:
-            return float(self._functions[key]())
-        return self._values.get(key, 0.0)
-
-    def samples(self) -> Iterable[Sample]:
-        for key in sorted(self._values.keys() | self._functions.keys()):
-            value = self._functions[key]() if key in self._functions else self._values[key]
-            yield "", self._pairs(key), float(value)
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets (`le`), with their sum and count."""
-
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        if "le" in self.labelnames:
-            raise ValueError(f"{name}: 'le' is reserved for histogram buckets")
-        self.buckets = _bounds(buckets)
-        self._counts: dict[LabelValues, list[int]] = {}  # observations per bucket (not cumulative)
-        self._sums: dict[LabelValues, float] = {}
-
-    def observe(self, value: float, **labels: Any) -> None:
-        key = self._key(labels)
-        counts = self._counts.setdefault(key, [0] * len(self.buckets))
-        counts[next(i for i, bound in enumerate(self.buckets) if value <= bound)] += 1
-        self._sums[key] = self._sums.get(key, 0.0) + value
-
-    def labels(self, **labels: Any) -> _Child:
-        return _Child(self, labels)
-
-    def count(self, **labels: Any) -> int:
-        return sum(self._counts.get(self._key(labels), ()))
-
-    def samples(self) -> Iterable[Sample]:
-        for key in sorted(self._counts):
-            pairs = self._pairs(key)
-            cumulative = 0
-            for bound, n in zip(self.buckets, self._counts[key], strict=True):
-                cumulative += n
-                yield "_bucket", (*pairs, ("le", format_value(bound))), cumulative
-            yield "_sum", pairs, self._sums[key]
-            yield "_count", pairs, cumulative
-
-
-class _Child:
-    """One series of a labelled metric: `metric.labels(service="db").inc()`."""
-
-    def __init__(self, metric: Any, labels: dict[str, Any]) -> None:
-        metric._key(labels)  # fail early on wrong label names
-        self._metric = metric
-        self._labels = labels
-
-    def inc(self, amount: float = 1.0) -> None:
-        self._metric.inc(amount, **self._labels)
-
-    def dec(self, amount: float = 1.0) -> None:
-        self._metric.dec(amount, **self._labels)
-
-    def set(self, value: float) -> None:
-        self._metric.set(value, **self._labels)
-
-    def set_function(self, function: Callable[[], float]) -> None:
-        self._metric.set_function(function, **self._labels)
-
-    def observe(self, value: float) -> None:
-        self._metric.observe(value, **self._labels)
-
-    def get(self) -> float:
-        return self._metric.get(**self._labels)
-
-
-class Registry:
-    """The metrics of one process, rendered together for `GET /metrics`."""
-
-    CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        return self._get_or_add(Counter, name, help, labelnames)
-
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        return self._get_or_add(Gauge, name, help, labelnames)
-
-    def histogram(
-        self, name: str, help: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> Histogram:
-        histogram = self._get_or_add(Histogram, name, help, labelnames, buckets=buckets)
-        if histogram.buckets != _bounds(buckets):
-            raise ValueError(f"metric {name} already registered with other buckets")
-        return histogram
-
-    def _get_or_add(self, cls: type, name: str, help: str, labelnames: Sequence[str], **kwargs: Any) -> Any:
-        if not _valid_name(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labelnames:
-            if not _valid_name(label) or ":" in label or label.startswith("__"):
-                raise ValueError(f"metric {name}: invalid label name {label!r}")
-        existing = self._metrics.get(name)
-        if existing is None:
-            metric = cls(name, help, labelnames, **kwargs)
-            self._metrics[name] = metric
-            return metric
-        if type(existing) is not cls or existing.labelnames != tuple(labelnames):
-            raise ValueError(
-                f"metric {name} already registered as {existing.kind} with labels {list(existing.labelnames)}"
-            )
-        return existing
-
-    def render(self) -> str:
-        """Every metric in the Prometheus text exposition format (version 0.0.4), sorted by name."""
-        return "".join(self._metrics[name].render() for name in sorted(self._metrics))
-
-
-def _valid_name(name: str) -> bool:
-    if not name or name[0].isdigit():
-        return False
-    return all(c.isascii() and (c.isalnum() or c in "_:") for c in name)

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from engine.config import ADMIN, EVENTS, READ, ApiToken
 from engine.intake import RequestTooLarge
+from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
@@ -236,8 +237,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     text = await request.app[DAEMON].metrics_text()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Content-Type-Options": "nosniff"})
+    return web.Response(body=text.encode(), headers={"Content-Type": METRICS_CONTENT_TYPE,
+                                                     "X-Content-Type-Options": "nosniff"})
 
 
 async def rules(request: web.Request) -> web.Response:

@@ -110,6 +110,28 @@ async def test_claims_survive_nothing_a_reopen_gives_everything_back(tmp_path, n
         await second.close()
 
 
+async def test_after_a_reopen_expedite_all_makes_waiting_retries_due_now_but_not_later_pages(tmp_path, notification):
+    path = tmp_path / "state.db"
+    first = await SQLiteStore.open(path)
+    await first.enqueue([notification(dedup_key="failed"), notification(dedup_key="fresh")], now=NOW)
+    await first.enqueue([notification(dedup_key="later", action="resolve")], now=NOW + 600)
+    failed = next(e for e in await first.claim(now=NOW, limit=10) if e.notification.dedup_key == "failed")
+    await first.retry_later(failed, due=NOW + 3600, status=429, response="slow down")
+    await first.release()
+    await first.close()
+
+    second = await SQLiteStore.open(path)
+    try:
+        assert [e.notification.dedup_key for e in await second.claim(now=NOW + 1, limit=10)] == ["fresh"]
+        await second.release()
+        assert await second.expedite_all(now=NOW + 1) == 1  # not the one created for later, never tried
+        due = await second.claim(now=NOW + 1, limit=10)
+        assert sorted(e.notification.dedup_key for e in due) == ["failed", "fresh"]
+        assert next(e.attempts for e in due if e.notification.dedup_key == "failed") == 1
+    finally:
+        await second.close()
+
+
 KILLED_AFTER_ENQUEUE = """
 import asyncio, os, signal, sys
 from engine.render import Notification

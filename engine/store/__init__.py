@@ -163,6 +163,11 @@ class Store(Protocol):
         """Make the notifications of `service` that wait for a retry due `now`; how many."""
         ...
 
+    async def expedite_all(self, *, now: float) -> int:
+        """Make every notification that waits for a retry due `now`; how many. For a start: the backoffs
+        were the previous process's, and PagerDuty is asked again at once."""
+        ...
+
     async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
         """Count a failed attempt, make the entry due at `due`, release it (kept claimed when this raises).
         Its chain waits behind it."""

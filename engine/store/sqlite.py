@@ -345,6 +345,12 @@ class SQLiteStore:
 
         return await self._write(wake)
 
+    async def expedite_all(self, *, now: float) -> int:
+        def wake(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE outbox SET due = ? WHERE attempts > 0 AND due > ?", (now, now)).rowcount
+
+        return await self._write(wake)
+
     async def retry_later(self, entry: OutboxEntry, *, due: float, status: int | None, response: str) -> None:
         def postpone(db: sqlite3.Connection) -> None:
             updated = db.execute(
