@@ -18,6 +18,7 @@ from engine.state import Silence
 from engine.units import parse_moment
 
 FIELDS = ("match", "until", "comment", "created_by")
+MAX_DURATION = 365 * 86400.0  # a silence ends within a year; a rule to stop for good is disabled instead
 
 
 class SilenceError(ValueError):
@@ -37,6 +38,9 @@ def parse_silence(body: Any, *, ident: int, now: float) -> Silence:
     until = parse_until(body["until"], now)
     if until <= now:
         raise SilenceError("'until' is in the past")
+    if until > now + MAX_DURATION:
+        raise SilenceError("'until' is more than 365 days ahead: a silence ends within a year "
+                           "(to stop a rule for good, set `enabled: false` on it)")
     for name in ("comment", "created_by"):
         if not isinstance(body.get(name, ""), str):
             raise SilenceError(f"'{name}' must be a string")
