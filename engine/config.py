@@ -34,6 +34,8 @@ class PagerDutyConfig:
 class IngestConfig:
     tokens_file: str | None = None
     max_body: int = 10 * 1024 * 1024
+    idle_timeout: float = 15.0  # no complete request headers for this long: the connection is closed
+    body_timeout: float = 30.0  # a body not all received this long after its headers: 408
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,8 @@ def _build(doc: Document) -> Config:
         ingest=IngestConfig(
             tokens_file=path(ingest["tokens_file"]) if "tokens_file" in ingest else None,
             max_body=parse_size(ingest.get("max_body", "10MiB")),
+            idle_timeout=parse_duration(ingest.get("idle_timeout", "15s")),
+            body_timeout=parse_duration(ingest.get("body_timeout", "30s")),
         ),
         log_format=log.get("format"),
         log_level=log.get("level", "info"),

@@ -50,6 +50,7 @@ log = logging.getLogger("alert_engine.daemon")
 HOST = os.uname().nodename
 HISTORY_PRUNE_INTERVAL = 3600.0
 TICK_INTERVAL = 1.0  # timed work (resolve-after, absent, mute ends) fires within this of its due time
+HANDLER_CUTOFF = 1.0  # at the end of a shutdown, requests still running (a stalled body) get this, then cancelled
 
 
 class Daemon:
@@ -123,7 +124,8 @@ class Daemon:
         if counts.outbox:
             log.info("resuming delivery of %d pending notification(s)", counts.outbox)
         self._runner = web.AppRunner(make_app(self, self.config.ingest.max_body), access_log=None,
-                                     handle_signals=False)
+                                     handle_signals=False, keepalive_timeout=self.config.ingest.idle_timeout,
+                                     shutdown_timeout=HANDLER_CUTOFF)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
         await site.start()

@@ -7,7 +7,6 @@ configured, every POST and DELETE needs `Authorization: Bearer <token>`.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from engine.request_body import RequestError, read_body, too_large
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
+from engine.sources.json_body import JsonError, loads
 from engine.state import Silence
 from engine.store import StorageError
 from engine.units import parse_duration, parse_moment
@@ -70,12 +71,18 @@ def make_app(daemon: Daemon, max_body: int) -> web.Application:
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RequestError as exc:
+        response = error(exc.status, exc.message, **exc.more)
+        if exc.close:
+            response.force_close()
+        return response
     except StorageError as exc:
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
         return error(503, f"storage unavailable, nothing was changed: {exc}",
                      headers={"Retry-After": str(STORAGE_RETRY_AFTER)})
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, f"body larger than the limit of {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        refused = too_large(request.client_max_size)
+        return error(refused.status, refused.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -111,15 +118,13 @@ async def post_events(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype not in JSON_TYPES + NDJSON_TYPES:
         return error(415, f"unsupported content type {ctype!r}: use application/json or application/x-ndjson")
-    limit = request.app[MAX_BODY]
-    if request.content_length is not None and request.content_length > limit:
-        return error(413, f"body larger than the limit of {limit} bytes")
     with daemon.tracking_request():
-        body = await request.read()
+        body = await _body(request)
         try:
             events = parse_events(body, ndjson=ctype in NDJSON_TYPES)
         except EventError as exc:
-            return error(400, exc.message, **({"index": exc.index} if exc.index is not None else {}))
+            at: dict[str, Any] = {k: v for k, v in (("index", exc.index), ("path", exc.path)) if v is not None}
+            return error(400, exc.message, **at)
         accepted = await daemon.accept(events)
     return web.json_response({"accepted": accepted.accepted, "matched": accepted.matched,
                               "notifications": accepted.notifications}, status=202)
@@ -134,7 +139,7 @@ async def post_sentry(request: web.Request) -> web.Response:
     if daemon.stopping:
         return error(503, "shutting down; Sentry will retry")
     with daemon.tracking_request():
-        body = await request.read()
+        body = await _body(request)
         resource = request.headers.get(sentry.RESOURCE_HEADER)
         signed = sentry_auth.SIGNATURE_HEADER in request.headers
         if resource is not None or signed or not config.allow_unsigned_legacy:
@@ -145,11 +150,10 @@ async def post_sentry(request: web.Request) -> web.Response:
                 log.warning("refused a Sentry webhook: %s", exc.message)
                 return error(401, exc.message)
         try:
-            payload = json.loads(body)
+            payload = loads(body)
             webhook = sentry.to_event(resource, payload) if resource is not None else sentry.legacy_to_event(payload)
-        except ValueError as exc:
-            message = exc.message if isinstance(exc, sentry.SentryPayloadError) else f"invalid JSON: {exc}"
-            return error(400, message)
+        except (JsonError, sentry.SentryPayloadError) as exc:
+            return error(400, exc.message)
         answer = await daemon.accept_sentry(webhook)
     return web.json_response(answer, status=202 if answer.get("notifications") or answer.get("resolved") else 200)
 
@@ -217,8 +221,9 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
 
 async def send_test(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    raw = await _body(request)
     try:
-        body = await request.json()
+        body = loads(raw)
         service = body["service"]
         resolve_after = parse_duration(body.get("resolve_after", 0))
         if not isinstance(service, str):
@@ -233,10 +238,11 @@ async def send_test(request: web.Request) -> web.Response:
 
 
 async def add_silence(request: web.Request) -> web.Response:
+    raw = await _body(request)
     try:
-        body = await request.json()
-    except ValueError:
-        return error(400, "the body must be JSON: {match, until, comment, created_by}")
+        body = loads(raw)
+    except JsonError as exc:
+        return error(400, f"the body must be JSON, {{match, until, comment, created_by}}: {exc.message}")
     try:
         silence = await request.app[DAEMON].add_silence(body)
     except SilenceError as exc:
@@ -279,6 +285,11 @@ def parse_since(text: str, now: float) -> float:
         return parse_moment(text, now, ago=True, what="'since'")
 
 
+async def _body(request: web.Request) -> bytes:
+    return await read_body(request, limit=request.app[MAX_BODY],
+                           timeout=request.app[DAEMON].config.ingest.body_timeout)
+
+
 def _id(request: web.Request) -> int:
     try:
         return int(request.match_info["id"])
@@ -294,5 +305,9 @@ def _row(row: Any, *times: str) -> dict[str, Any]:
 
 
 def _iso_precise(moment: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with microseconds (history and silences keep their exact times)."""
-    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+    """Epoch seconds as ISO 8601 UTC with microseconds (history and silences keep their exact times). A time
+    past what a datetime holds (a silence stored before `until` was capped) shows as the last one it holds."""
+    try:
+        return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return (datetime.max if moment > 0 else datetime.min).isoformat() + "Z"

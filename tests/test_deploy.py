@@ -133,7 +133,8 @@ def test_example_config_has_exactly_the_documented_keys() -> None:
             "rate_per_key": 120,
             "burst": 20,
         },
-        "ingest": {"tokens_file": "/run/credentials/alert-engine.service/tokens", "max_body": "10MiB"},
+        "ingest": {"tokens_file": "/run/credentials/alert-engine.service/tokens", "max_body": "10MiB",
+                   "idle_timeout": "15s", "body_timeout": "30s"},
         "log": {"format": "json", "level": "info"},
         "self_alerts": {"services": ["sre"]},
     }
