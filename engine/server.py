@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -228,7 +229,9 @@ async def send_test(request: web.Request) -> web.Response:
         resolve_after = parse_duration(body.get("resolve_after", 0))
         if not isinstance(service, str):
             raise ValueError("'service' must be a string")
-    except (ValueError, KeyError, TypeError) as exc:
+        if not math.isfinite(resolve_after):
+            raise ValueError("'resolve_after' is too long")
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: an integer past a float
         return error(400, f'expected {{"service": NAME, "resolve_after": "30s"}}: {exc}')
     if service not in daemon.ruleset.services:
         return error(404, f"unknown service {service!r}", services=sorted(daemon.ruleset.services))

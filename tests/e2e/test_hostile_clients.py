@@ -96,13 +96,16 @@ async def test_values_json_cannot_carry_get_400_naming_the_item_and_path(start_d
                  b'{"action": "triggered", "data": ' + b"[" * 1000 + b"]" * 1000 + b"}"):
         status, answer = await daemon.request("POST", "/v1/sources/sentry", data=body, headers=signed(body))
         assert status == 400 and ("NaN" in answer["error"] or "nested deeper" in answer["error"]), answer
-    # silences and test pages too (the test page took NaN for a duration)
-    for path, body in (("/v1/silences", '{"match": {"field": "rule", "equals": "x"}, "until": NaN}'),
-                       ("/v1/test", '{"service": "pay", "resolve_after": NaN}'),
-                       ("/v1/test", "[" * 5000 + "]" * 5000)):
+    # silences and test pages too (the test page took NaN for a duration, and 500'd on a huge one)
+    for path, body, words in (
+            ("/v1/silences", '{"match": {"field": "rule", "equals": "x"}, "until": NaN}', "NaN"),
+            ("/v1/test", '{"service": "pay", "resolve_after": NaN}', "NaN"),
+            ("/v1/test", '{"service": "pay", "resolve_after": 1' + "0" * 400 + "}", "too large"),
+            ("/v1/test", '{"service": "pay", "resolve_after": "' + "9" * 400 + 's"}', "too long"),
+            ("/v1/test", "[" * 5000 + "]" * 5000, "nested deeper")):
         status, answer = await daemon.request("POST", path, data=body.encode(),
                                               headers={"Content-Type": "application/json"})
-        assert status == 400 and ("NaN" in answer["error"] or "nested deeper" in answer["error"]), answer
+        assert status == 400 and words in answer["error"], answer
     assert fake_pagerduty.requests == []
     await daemon.stop()
     assert "internal error" not in daemon.output()
