@@ -16,7 +16,7 @@ Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
   non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
   empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
 - timestamp (v2): the event's `timestamp` (ISO 8601, or seconds since the epoch, milliseconds when
-  > 1e11) in UTC with `Z`, else `now`.
+  > 1e11) in UTC with `Z`, else (also when UTC cannot hold it) `now`.
 - custom details (v2) / details (v1): the rule's `details` tree, else the whole event.
 - component, group, class: omitted when unset or rendered empty; links without href and images
   without src are dropped; empty link/image lists are omitted.

@@ -13,7 +13,7 @@ that whatever is accepted can be stored in SQLite and sent to PagerDuty as valid
   with an invalid byte): an event truncated in the middle of an emoji still pages.
 
 A refusal is a `JsonError` with the path of the value at fault (`("items", 3, "value")`), which `where`
-writes the way the rule language does (`items[3].value`).
+writes as a rule's `field` would name it (`items.3.value`).
 """
 
 from __future__ import annotations
@@ -108,13 +108,8 @@ def loads(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
 
 
 def where(path: Path) -> str:
-    """A path as the rule language writes one: `details.items[3].value`."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + _short(part, _PATH_KEY_CHARS)
+    """A path as a rule's `field` names one: `details.items.3.value`, long keys and paths shortened."""
+    text = ".".join(str(part) if isinstance(part, int) else _short(part, _PATH_KEY_CHARS) for part in path)
     if len(text) <= _PATH_CHARS:
         return text
     return text[: _PATH_CHARS // 2] + "…" + text[-(_PATH_CHARS // 2) :]

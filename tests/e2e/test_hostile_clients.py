@@ -81,7 +81,7 @@ async def test_values_json_cannot_carry_get_400_naming_the_item_and_path(start_d
     digits = "9" * 5000
     cases = [
         ('[{"service": "a"}, {"service": "b", "v": NaN}]', "application/json", 1, "v", "NaN is not a JSON number"),
-        ('{"service": "a", "v": {"w": [Infinity]}}', "application/json", None, "v.w[0]", "Infinity"),
+        ('{"service": "a", "v": {"w": [Infinity]}}', "application/json", None, "v.w.0", "Infinity"),
         ('{"service": "a", "v": 1e400}', "application/json", None, "v", "beyond the range of a double"),
         ('{"service": "a"}\n{"service": "b", "n": ' + digits + "}", "application/x-ndjson", 1, "n",
          "an integer of 5000 digits (at most 4300)"),
