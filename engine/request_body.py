@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http import HttpProcessingError
 
-log = logging.getLogger("alert_engine.server")
+log = logging.getLogger("alert_engine.request_body")
 
 
 class RequestError(Exception):

@@ -48,7 +48,8 @@ class _Refused:
     """Stands in the parsed value for a number that cannot be sent on, until a walk finds its path."""
 
     __slots__ = ("reason",)
-    made = 0  # how many were ever made: when a parse changes it, that parse made one
+    made = 0  # how many were ever made: when a parse changes it, that parse (or, in another thread, another
+    # parse: then the walk that follows finds nothing) made one
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -90,12 +91,7 @@ def loads(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     text = body if isinstance(body, str) else decode(body)
     made = _Refused.made
     try:
-        try:
-            value = _DECODER.decode(text)
-        except json.JSONDecodeError:
-            raise
-        except ValueError:  # an integer too long to read
-            value = _LONG_INT_DECODER.decode(text)
+        value = _decoded(text)
     except json.JSONDecodeError as exc:
         raise JsonError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
@@ -105,6 +101,15 @@ def loads(body: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     if "\\u" in text and _SURROGATE_ESCAPE.search(text):
         value = _without_surrogates(value)
     return value
+
+
+def _decoded(text: str) -> Any:
+    try:
+        return _DECODER.decode(text)
+    except json.JSONDecodeError:
+        raise
+    except ValueError:  # an integer too long to read
+        return _LONG_INT_DECODER.decode(text)
 
 
 def where(path: Path) -> str:
