@@ -150,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sil_sub = sil.add_subparsers(dest="silence_action", required=True, metavar="ACTION")
     sil_add = sil_sub.add_parser("add", parents=[api], help="add a silence")
     sil_add.add_argument("--match", required=True, help="the condition, as YAML or JSON")
-    sil_add.add_argument("--until", required=True, help="an ISO 8601 time with a zone, or a duration (2h)")
+    sil_add.add_argument("--until", required=True,
+                         help="an ISO 8601 time with a zone, or a duration (2h); at most 365 days ahead")
     sil_add.add_argument("--comment", default="", help="why (shown in list)")
     sil_add.add_argument("--created-by", default=os.environ.get("USER", ""),
                          help="who (default: $USER; when empty, the daemon records the token's name)")

@@ -38,6 +38,8 @@ class IngestConfig:
     max_events: int = 10_000  # events in one request
     max_notifications: int = 20_000  # pages the matches of one request may cause
     metrics_need_read: bool = False  # GET /metrics needs a token with `read` (only with a tokens file)
+    idle_timeout: float = 15.0  # no complete request headers for this long: the connection is closed
+    body_timeout: float = 30.0  # a body not all received this long after its headers: 408
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ def _build(doc: Document) -> Config:
             max_events=ingest.get("max_events", IngestConfig.max_events),
             max_notifications=ingest.get("max_notifications", IngestConfig.max_notifications),
             metrics_need_read=ingest.get("metrics_need_read", False),
+            idle_timeout=parse_duration(ingest.get("idle_timeout", "15s")),
+            body_timeout=parse_duration(ingest.get("body_timeout", "30s")),
         ),
         log_format=log.get("format"),
         log_level=log.get("level", "info"),

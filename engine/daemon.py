@@ -54,6 +54,7 @@ TICK_INTERVAL = 1.0  # timed work (resolve-after, absent, mute ends) fires withi
 STORAGE_CHECK_INTERVAL = 2.0  # how often the database's health is looked at (and a recovery noticed)
 STORAGE_TIMEOUT = 2.0  # seconds the database has to answer a health check
 STORAGE_KEY = "alert-engine/storage"
+HANDLER_CUTOFF = 1.0  # at the end of a shutdown, requests still running (a stalled body) get this, then cancelled
 
 
 class Daemon:
@@ -139,7 +140,8 @@ class Daemon:
         if counts.outbox:
             log.info("resuming delivery of %d pending notification(s)", counts.outbox)
         self._runner = web.AppRunner(make_app(self, self.config.ingest.max_body), access_log=None,
-                                     handle_signals=False)
+                                     handle_signals=False, keepalive_timeout=self.config.ingest.idle_timeout,
+                                     shutdown_timeout=HANDLER_CUTOFF)
         await self._runner.setup()
         for sock in sockets:
             await web.SockSite(self._runner, sock).start()

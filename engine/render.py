@@ -19,7 +19,7 @@ Pure: no clock (`now` is passed in), no I/O. What a field falls back to:
   non-string value as compact JSON, several values of a wildcard path joined by `,`, a missing one
   empty). A key over 255 characters becomes its first 190 characters + `~` + the sha256 of the whole.
 - timestamp (v2): the event's `timestamp` (ISO 8601, or seconds since the epoch, milliseconds when
-  > 1e11) in UTC with `Z`, else `now`.
+  > 1e11) in UTC with `Z`, else (also when UTC cannot hold it) `now`.
 - custom details (v2) / details (v1): the rule's `details` tree, else the whole event; always a mapping
   (PagerDuty takes only an object): any other value is wrapped as `{"details": value}`.
 - component, group, class: omitted when unset or rendered empty; links without href and images
@@ -324,24 +324,23 @@ def limit_dedup_key(key: str) -> str:
 
 
 def event_timestamp(event: Mapping[str, Any], now: dt.datetime) -> str:
-    """The event's `timestamp` as ISO 8601 UTC (`...Z`) when it parses, else `now`."""
+    """The event's `timestamp` as ISO 8601 UTC (`...Z`) when it parses to a time UTC can hold, else `now`."""
     moment = _parse_timestamp(event.get("timestamp")) or now
     return iso_utc(moment, timespec="milliseconds" if moment.microsecond else "seconds")
 
 
 def _parse_timestamp(value: Any) -> dt.datetime | None:
-    if isinstance(value, str):
-        try:
+    """The moment in UTC, or None: unparsable, or beyond what a datetime holds once in UTC
+    (`9999-12-31T23:59:59-01:00`, an integer too big for a float)."""
+    try:
+        if isinstance(value, str):
             moment = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            return None
-        return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        seconds = value / 1000 if value > EPOCH_MILLISECONDS_ABOVE else value
-        try:
+            return moment.astimezone(dt.UTC) if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            seconds = value / 1000 if value > EPOCH_MILLISECONDS_ABOVE else value
             return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-        except (OverflowError, OSError, ValueError):
-            return None
+    except (OverflowError, OSError, ValueError):
+        return None
     return None
 
 

@@ -7,8 +7,8 @@ table ACCESS: with a tokens file, a route needs `Authorization: Bearer <token>` 
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -19,9 +19,11 @@ from aiohttp import web
 from engine.config import ADMIN, EVENTS, READ, ApiToken
 from engine.intake import RequestTooLarge
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from engine.request_body import RequestError, read_body, too_large
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
+from engine.sources.json_body import JsonError, loads
 from engine.state import Silence
 from engine.store import StorageError
 from engine.units import parse_duration, parse_moment
@@ -97,12 +99,18 @@ def make_app(daemon: Daemon, max_body: int) -> web.Application:
 async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
+    except RequestError as exc:
+        response = error(exc.status, exc.message, **exc.more)
+        if exc.close:
+            response.force_close()
+        return response
     except StorageError as exc:
         log.error("storage failure on %s %s: %s", request.method, request.path, exc)
         return error(503, f"storage unavailable, nothing was changed: {exc}",
                      headers={"Retry-After": str(STORAGE_RETRY_AFTER)})
-    except web.HTTPRequestEntityTooLarge as exc:
-        return error(413, f"body larger than the limit of {exc.max_size} bytes")
+    except web.HTTPRequestEntityTooLarge:
+        refused = too_large(request.client_max_size)
+        return error(refused.status, refused.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -164,15 +172,13 @@ async def post_events(request: web.Request) -> web.Response:
     ctype = request.content_type
     if ctype not in JSON_TYPES + NDJSON_TYPES:
         return error(415, f"unsupported content type {ctype!r}: use application/json or application/x-ndjson")
-    limit = request.app[MAX_BODY]
-    if request.content_length is not None and request.content_length > limit:
-        return error(413, f"body larger than the limit of {limit} bytes")
     with daemon.tracking_request():
-        body = await request.read()
+        body = await _body(request)
         try:
             events = parse_events(body, ndjson=ctype in NDJSON_TYPES)
         except EventError as exc:
-            return error(400, exc.message, **({"index": exc.index} if exc.index is not None else {}))
+            at: dict[str, Any] = {k: v for k, v in (("index", exc.index), ("path", exc.path)) if v is not None}
+            return error(400, exc.message, **at)
         limit = daemon.config.ingest.max_events
         if len(events) > limit:
             return error(413, f"{len(events)} events in one request, more than ingest.max_events ({limit}); "
@@ -194,7 +200,7 @@ async def post_sentry(request: web.Request) -> web.Response:
     if daemon.stopping:
         return error(503, "shutting down; Sentry will retry")
     with daemon.tracking_request():
-        body = await request.read()
+        body = await _body(request)
         resource = request.headers.get(sentry.RESOURCE_HEADER)
         signed = sentry_auth.SIGNATURE_HEADER in request.headers
         now = time.time()
@@ -205,12 +211,11 @@ async def post_sentry(request: web.Request) -> web.Response:
             except sentry_auth.SentryAuthError as exc:
                 return _refused(exc)
         try:
-            payload = json.loads(body)
+            payload = loads(body)
             webhook = (sentry.to_event(resource, payload, issues_url=config.issues_url) if resource is not None
                        else sentry.legacy_to_event(payload))
-        except ValueError as exc:
-            message = exc.message if isinstance(exc, sentry.SentryPayloadError) else f"invalid JSON: {exc}"
-            return error(400, message)
+        except (JsonError, sentry.SentryPayloadError) as exc:
+            return error(400, exc.message)
         try:
             sentry_auth.check_body_time(webhook.happened, max_age=config.max_age, now=now)
         except sentry_auth.SentryAuthError as exc:
@@ -287,13 +292,16 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
 
 async def send_test(request: web.Request) -> web.Response:
     daemon = request.app[DAEMON]
+    raw = await _body(request)
     try:
-        body = await request.json()
+        body = loads(raw)
         service = body["service"]
         resolve_after = parse_duration(body.get("resolve_after", 0))
         if not isinstance(service, str):
             raise ValueError("'service' must be a string")
-    except (ValueError, KeyError, TypeError) as exc:
+        if not math.isfinite(resolve_after):
+            raise ValueError("'resolve_after' is too long")
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: an integer past a float
         return error(400, f'expected {{"service": NAME, "resolve_after": "30s"}}: {exc}')
     if service not in daemon.ruleset.services:
         return error(404, f"unknown service {service!r}", services=sorted(daemon.ruleset.services))
@@ -303,10 +311,11 @@ async def send_test(request: web.Request) -> web.Response:
 
 
 async def add_silence(request: web.Request) -> web.Response:
+    raw = await _body(request)
     try:
-        body = await request.json()
-    except ValueError:
-        return error(400, "the body must be JSON: {match, until, comment, created_by}")
+        body = loads(raw)
+    except JsonError as exc:
+        return error(400, f"the body must be JSON, {{match, until, comment, created_by}}: {exc.message}")
     token = caller(request)
     if token is not None and isinstance(body, dict) and not body.get("created_by"):
         body = {**body, "created_by": token.name}  # who, by default: the token's name
@@ -352,6 +361,11 @@ def parse_since(text: str, now: float) -> float:
         return parse_moment(text, now, ago=True, what="'since'")
 
 
+async def _body(request: web.Request) -> bytes:
+    return await read_body(request, limit=request.app[MAX_BODY],
+                           timeout=request.app[DAEMON].config.ingest.body_timeout)
+
+
 def _id(request: web.Request) -> int:
     try:
         return int(request.match_info["id"])
@@ -367,5 +381,9 @@ def _row(row: Any, *times: str) -> dict[str, Any]:
 
 
 def _iso_precise(moment: float) -> str:
-    """Epoch seconds as ISO 8601 UTC with microseconds (history and silences keep their exact times)."""
-    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+    """Epoch seconds as ISO 8601 UTC with microseconds (history and silences keep their exact times). A time
+    past what a datetime holds (a silence stored before `until` was capped) shows as the last one it holds."""
+    try:
+        return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return (datetime.max if moment > 0 else datetime.min).isoformat() + "Z"

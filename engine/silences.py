@@ -22,6 +22,7 @@ from engine.units import parse_moment
 FIELDS = ("match", "until", "comment", "created_by")
 ROOTS = ("rule", "dedup_key", "event")  # what a silence's condition sees
 ROOT_WHAT = {"rule": "rule's name", "dedup_key": "alert's dedup key"}
+MAX_DURATION = 365 * 86400.0  # a silence ends within a year; a rule to stop for good is disabled instead
 
 
 class SilenceError(ValueError):
@@ -42,6 +43,9 @@ def parse_silence(body: Any, *, ident: int, now: float) -> Silence:
     until = parse_until(body["until"], now)
     if until <= now:
         raise SilenceError("'until' is in the past")
+    if until > now + MAX_DURATION:
+        raise SilenceError("'until' is more than 365 days ahead: a silence ends within a year "
+                           "(to stop a rule for good, set `enabled: false` on it)")
     for name in ("comment", "created_by"):
         if not isinstance(body.get(name, ""), str):
             raise SilenceError(f"'{name}' must be a string")

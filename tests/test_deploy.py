@@ -134,7 +134,8 @@ def test_example_config_has_exactly_the_documented_keys() -> None:
             "burst": 20,
         },
         "ingest": {"tokens_file": "/run/credentials/alert-engine.service/tokens", "metrics_need_read": False,
-                   "max_body": "10MiB", "max_events": 10000, "max_notifications": 20000},
+                   "max_body": "10MiB", "max_events": 10000, "max_notifications": 20000,
+                   "idle_timeout": "15s", "body_timeout": "30s"},
         "log": {"format": "json", "level": "info"},
         "self_alerts": {"services": ["sre"]},
     }

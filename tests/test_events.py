@@ -41,3 +41,28 @@ def test_deep_nesting_is_refused_not_a_crash():
     very_deep = b"[" * 100_000 + b"]" * 100_000  # deeper than Python's recursion limit
     with pytest.raises(EventError, match="nested deeper"):
         parse_events(very_deep, ndjson=False)
+
+
+@pytest.mark.parametrize(
+    ("body", "ndjson", "message", "index", "path"),
+    [
+        (b'{"a": {"b": NaN}}', False, "a.b: NaN is not a JSON number", None, "a.b"),
+        (b'[{"a": 1}, {"v": [1, 1e400]}]', False, "v.1: 1e400 is beyond the range of a double", 1, "v.1"),
+        (b'{"a": 1}\n{"n": ' + b"9" * 5000 + b"}\n", True, "n: an integer of 5000 digits (at most 4300)", 1, "n"),
+        (b"[1, NaN]", False, "NaN is not a JSON number", 1, None),
+    ],
+)
+def test_values_json_cannot_carry_name_the_item_and_the_path_in_it(body, ndjson, message, index, path):
+    with pytest.raises(EventError) as err:
+        parse_events(body, ndjson=ndjson)
+    assert (err.value.message, err.value.index, err.value.path) == (message, index, path)
+
+
+def test_lone_surrogates_are_replaced_and_the_event_kept():
+    assert parse_events(rb'{"msg": "cut \ud83d", "\udc00": 1}', ndjson=False) == [{"msg": "cut \ufffd", "\ufffd": 1}]
+
+
+def test_ndjson_lines_end_at_newlines_only():
+    # U+2028 and U+0085 may stand raw in a JSON string; str.splitlines() would cut the line there
+    body = '{"msg": "a\u2028b\u0085c"}\r\n{"n": 2}\n'.encode()
+    assert parse_events(body, ndjson=True) == [{"msg": "a\u2028b\u0085c"}, {"n": 2}]

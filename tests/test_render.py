@@ -447,6 +447,12 @@ def test_v1_without_usable_links_has_no_contexts() -> None:
         (float("nan"), "2026-11-28T09:46:20Z"),
         (1e300, "2026-11-28T09:46:20Z"),
         (None, "2026-11-28T09:46:20Z"),
+        # beyond what UTC can hold: a datetime's limits once converted, an integer too big for a float
+        ("9999-12-31T23:59:59-01:00", "2026-11-28T09:46:20Z"),
+        ("0001-01-01T00:00:00+01:00", "2026-11-28T09:46:20Z"),
+        ("9999-12-31T23:59:59+00:00", "9999-12-31T23:59:59Z"),
+        pytest.param(10**400, "2026-11-28T09:46:20Z", id="int-too-big-for-a-float"),
+        pytest.param(-(10**400), "2026-11-28T09:46:20Z", id="negative-int-too-big-for-a-float"),
     ],
 )
 def test_timestamp(value: Any, expected: str) -> None:
