@@ -210,22 +210,23 @@ def make_notification(
 REFUSED_TABLES = ("outbox", "history", "dead_letters")
 
 
-def refuse_writes(database: Path, when: str = "1") -> None:
-    """Make the SQLite file at `database` refuse every write to the outbox, history and dead letters
-    (for rows where `when` holds: an SQL condition naming the row `ROW`, e.g. `ROW.dedup_key = 'a'`), as a
-    full disk or a read-only file would: through triggers, from a connection of its own. `accept_writes`
-    ends it."""
+def refuse_writes(database: Path, when: str = "1", *, tables: tuple[str, ...] = REFUSED_TABLES,
+                  message: str = "database or disk is full (test)") -> None:
+    """Make the SQLite file at `database` refuse every write to `tables` (the outbox, history and dead
+    letters by default; for rows where `when` holds: an SQL condition naming the row `ROW`, e.g.
+    `ROW.dedup_key = 'a'`), as a full disk or a read-only file would: through triggers, from a connection
+    of its own, also under a running daemon. `accept_writes` ends it."""
     with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
-        for table in REFUSED_TABLES:
+        for table in tables:
             for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
                 condition = when.replace("ROW.", f"{row}.")
                 db.execute(f"CREATE TRIGGER refuse_{op.lower()}_{table} BEFORE {op} ON {table} WHEN {condition} "
-                           "BEGIN SELECT RAISE(ABORT, 'database or disk is full (test)'); END")
+                           f"BEGIN SELECT RAISE(ABORT, '{message}'); END")
 
 
-def accept_writes(database: Path) -> None:
+def accept_writes(database: Path, *, tables: tuple[str, ...] = REFUSED_TABLES) -> None:
     with contextlib.closing(sqlite3.connect(database, isolation_level=None)) as db:
-        for table in REFUSED_TABLES:
+        for table in tables:
             for op in ("insert", "update", "delete"):
                 db.execute(f"DROP TRIGGER IF EXISTS refuse_{op}_{table}")
 
@@ -327,12 +328,12 @@ class Tmpfs:
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
-    """A 512 KiB tmpfs at tmp_path/tmpfs (needs root and mount(8)); unmounted at the end."""
+    """A 1 MiB tmpfs at tmp_path/tmpfs (needs root and mount(8)); unmounted at the end."""
     path = tmp_path / "tmpfs"
     path.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         skip_or_fail("mounting a tmpfs needs root and mount(8)")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(path)],
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", str(path)],
                           capture_output=True, text=True)
     if done.returncode:
         skip_or_fail(f"cannot mount a tmpfs: {done.stderr.strip()}")

@@ -116,7 +116,7 @@ async def test_a_full_disk_fails_the_whole_batch_and_undoes_it(tmp_path, on_tmpf
     big = "x" * 20_000
     accepted = failed = 0
     before = snapshot(intake.state)
-    for i in range(200):  # bounded: 512 KiB cannot hold 200 pages of 20 KB (and their state, with the event)
+    for i in range(200):  # bounded: 1 MiB cannot hold 200 pages of 20 KB (and their state, with the event)
         try:
             await intake.accept(rs, [{"kind": "deploy", "host": f"h{i}", "blob": big}])
         except StorageError:

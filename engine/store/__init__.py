@@ -134,7 +134,8 @@ class Store(Protocol):
         ...
 
     async def probe(self) -> None:
-        """A tiny write transaction: StorageError unless the database takes writes now."""
+        """A write transaction of a typical batch's size: StorageError unless the database takes writes
+        now. Run only while `problem()` says the last write failed, to notice the recovery."""
         ...
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:

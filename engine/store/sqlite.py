@@ -40,6 +40,7 @@ from engine.store import (
 log = logging.getLogger("alert_engine.store")
 
 SCHEMA_VERSION = 3
+PROBE_BYTES = 128 * 1024  # what `probe` writes: a recovery is a database that takes a batch of this size
 RESPONSE_LIMIT = 8192  # characters of a response body kept
 
 # `head` marks the first row of each (service, dedup key) chain, kept by triggers inside SQLite, so that
@@ -97,7 +98,7 @@ CREATE TABLE IF NOT EXISTS alert_state (
     rule TEXT NOT NULL, key TEXT NOT NULL, data TEXT NOT NULL, PRIMARY KEY (rule, key)
 );
 CREATE TABLE IF NOT EXISTS silences (id INTEGER PRIMARY KEY, data TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS probe (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL, room BLOB);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY,
     rule TEXT NOT NULL, service TEXT NOT NULL, api TEXT NOT NULL, action TEXT NOT NULL,
@@ -480,8 +481,10 @@ class SQLiteStore:
         return None
 
     async def probe(self) -> None:
-        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO probe (id, at) VALUES (1, ?)",
-                                                (time.time(),)))
+        # room for a real batch, not one page: on a nearly full disk the write-ahead log can still take a
+        # page while the next request's commit cannot, and readiness would flap
+        await self._write(lambda db: db.execute(
+            "INSERT OR REPLACE INTO probe (id, at, room) VALUES (1, ?, zeroblob(?))", (time.time(), PROBE_BYTES)))
 
     async def counts(self) -> StoreCounts:
         def count(db: sqlite3.Connection) -> StoreCounts:

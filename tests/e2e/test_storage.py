@@ -1,6 +1,7 @@
-"""The daemon when its storage fails under it: a state dir on a tiny tmpfs that fills during a burst, and
-a database file deleted while open. Every 202 was stored, nothing refused changed the state, PagerDuty
-gets each page at most a few times, /readyz and the watchdog say so, and it recovers by itself."""
+"""The daemon when its storage fails under it: a state dir on a tiny tmpfs that fills during a burst, a
+database that turns read-only under it, and a database file deleted while open. Every 202 was stored,
+nothing refused changed the state, PagerDuty gets each page at most a few times, /readyz and the watchdog
+say so, and it recovers by itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import asyncio
 from collections import Counter
 
 import aiohttp
+
+from tests.conftest import accept_writes, refuse_writes
 
 RULES = """\
 services:
@@ -21,7 +24,7 @@ rules:
     throttle: 1h
 """
 
-BLOB = "x" * 20_000  # each event fills about 60 KB of a 512 KiB disk: event, page, state
+BLOB = "x" * 20_000  # each event fills about 60 KB of a 1 MiB disk: event, page, state
 
 
 async def post(url: str, event: dict) -> tuple[int, dict, dict]:
@@ -72,6 +75,33 @@ async def test_a_disk_that_fills_during_a_burst_refuses_with_503_changes_nothing
     history = await daemon.poll("/v1/notifications?rule=deploys&limit=1000",
                                 lambda h: {n["dedup_key"] for n in h["notifications"]} >= wanted, timeout=20)
     assert {n["outcome"] for n in history["notifications"]} == {"delivered"}
+
+
+EVERY_TABLE = ("outbox", "history", "dead_letters", "alert_state", "silences", "probe")
+
+
+async def test_a_database_turned_read_only_refuses_with_503_changes_nothing_and_recovers(
+        start_daemon, fake_pagerduty, tmp_path):
+    daemon = await start_daemon(RULES)
+    database = tmp_path / "state" / "alert-engine.db"
+    first = {"kind": "deploy", "host": "a"}
+    assert (await daemon.post_events(first))[0] == 202
+    await fake_pagerduty.wait_for(1)
+    # SQLite refuses every write from now on, as it does for a file that became read-only
+    refuse_writes(database, tables=EVERY_TABLE, message="attempt to write a readonly database")
+    refused = [{"kind": "deploy", "host": h} for h in ("b", "c")]
+    for event in [first, *refused]:
+        status, body, headers = await post(daemon.url, event)
+        assert status == 503 and "readonly" in body["error"] and headers["Retry-After"], (status, body)
+    ready = await daemon.poll("/readyz", lambda r: r.get("status") == "not ready")
+    assert any("readonly" in p for p in ready["problems"])
+    accept_writes(database, tables=EVERY_TABLE)
+    await daemon.poll("/readyz", lambda r: r.get("status") == "ready")
+    # exactly as if the refused requests had never come: a is throttled, b and c page once each
+    answers = [await daemon.post_events(e) for e in [first, *refused]]
+    assert [(s, b["notifications"]) for s, b in answers] == [(202, 0), (202, 1), (202, 1)]
+    received = await fake_pagerduty.wait_for(3)
+    assert sorted(r.body["dedup_key"] for r in received) == ["deploys/a", "deploys/b", "deploys/c"]
 
 
 async def test_a_deleted_database_stops_acknowledging_pages_the_self_alert_and_stops_the_watchdog(
