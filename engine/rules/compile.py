@@ -198,8 +198,8 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
                                           f"unknown rule '{by}'{did_you_mean(by, by_name)}", rule.name))
                 continue
             fields = inhibit_fields.setdefault(by, {})
-            for path in inhibit.equal:
-                fields[".".join(map(str, path))] = path
+            for field_path in inhibit.equal:
+                fields[".".join(map(str, field_path))] = field_path
             policy = by_name[by].policy
             if not (policy.resolve_after or policy.resolve_match or policy.absent):
                 c.problems.append(Problem(rule.file, _rule_path(by_file[rule.file], rule.name, "inhibit", "by", i),
@@ -213,9 +213,9 @@ def compile_documents(docs: list[Document], *, env: Mapping[str, str] | None = N
         return None, c.problems
     index = CandidateIndex([r.condition if r.enabled else None for r in rules])
     resolve_index = CandidateIndex([r.policy.resolve_match if r.enabled else None for r in rules])
-    inhibit = {name: tuple(fields.items()) for name, fields in inhibit_fields.items()}
+    labels = {name: tuple(fields.items()) for name, fields in inhibit_fields.items()}
     return RuleSet(tuple(rules), services, {d.file: d.sha256 for d in docs}, index, resolve_index, by_name,
-                   inhibit), c.problems
+                   labels), c.problems
 
 
 _KNOWN_LISTED = 20  # an unknown service's message lists at most this many known ones

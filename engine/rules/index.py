@@ -73,6 +73,7 @@ class CandidateIndex:
             value = get(event)
             if value is MISSING:
                 continue
+            hit: Sequence[int] | None
             if type(value) is str:
                 hit = buckets.get(value.casefold() if ignore_case else value)
             else:

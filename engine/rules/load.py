@@ -66,9 +66,7 @@ def find_rule_files(paths: list[str]) -> tuple[list[str], list[RuleError]]:
             files.append(raw)
         else:
             errors.append(RuleError(raw, 1, 1, None, "no such file or directory"))
-    seen: set[str] = set()
-    unique = [f for f in files if not (f in seen or seen.add(f))]
-    return unique, errors
+    return list(dict.fromkeys(files)), errors  # each file once, in the order found
 
 
 def fingerprint(paths: list[str]) -> dict[str, str]:
@@ -158,7 +156,7 @@ def _construct(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]], 
                 )
             if key in out:
                 raise _DuplicateKey(str(key), key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            child = (*path, key)
+            child = (*path, key if isinstance(key, str | int) else str(key))
             marks[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             out[key] = _construct(value_node, child, marks, scalars)
         return out

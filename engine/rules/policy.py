@@ -8,6 +8,7 @@ in the window's own time zone, so a window at 02:00 Europe/Berlin stays at 02:00
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -90,7 +91,7 @@ class Policy:
 STATELESS = Policy()
 
 
-def compile_policy(raw: dict[str, Any], *, file: str, path: Path, rule: str, problems: list[Problem],
+def compile_policy(raw: Mapping[str, Any], *, file: str, path: Path, rule: str, problems: list[Problem],
                    resolve_match: Condition | None) -> Policy:
     """The policy of one schema-valid rule; semantic problems (cron, time zone, combinations) appended."""
     def problem(where: Path, message: str) -> None:
@@ -119,7 +120,7 @@ def compile_policy(raw: dict[str, Any], *, file: str, path: Path, rule: str, pro
     )
 
 
-def _expected(raw: dict[str, Any], problem: Any) -> tuple[dict[str, Any], ...]:
+def _expected(raw: Mapping[str, Any], problem: Any) -> tuple[dict[str, Any], ...]:
     """The groups of `absent.expect`, each as the event a heartbeat of it would be: every group_by value
     placed at its field's path, so that its dedup key is computed as for a real event."""
     fields = {f if isinstance(f, str) else ".".join(map(str, f)): parse_field(f) for f in raw.get("group_by", ())}

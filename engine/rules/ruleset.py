@@ -112,7 +112,8 @@ class RuleSet:
     def resolvers(self, event: Mapping[str, Any]) -> list[int]:
         """The enabled rules whose `resolve.match` holds for the event, in rule-file order."""
         rules = self.rules
-        return [i for i in self.resolve_index.candidates(event) if rules[i].policy.resolve_match(event)]
+        return [i for i in self.resolve_index.candidates(event)
+                if (resolves := rules[i].policy.resolve_match) is not None and resolves(event)]
 
     def rule(self, name: str) -> Rule | None:
         return self.by_name.get(name)

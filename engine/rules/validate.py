@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import jsonschema_rs
 from jsonschema import Draft202012Validator
@@ -112,20 +112,20 @@ _TYPE_WORDS = {
 
 def _translate(error: ValidationError) -> Iterator[tuple[Path, str]]:
     path: Path = tuple(error.absolute_path)
-    kind, schema, instance = error.validator, error.schema, error.instance
+    kind, schema, instance, wanted = error.validator, _schema(error), cast(Any, error.instance), _wanted(error)
     if kind == "additionalProperties":
         allowed = schema.get("properties", {})
         for key in instance:
             if key not in allowed:
                 yield (*path, key), f"unknown key '{key}'{did_you_mean(key, allowed)}"
     elif kind == "required":
-        for key in error.validator_value:
+        for key in wanted:
             if key not in instance:
                 yield path, f"missing required key '{key}'"
     elif kind == "oneOf":
         yield from _translate_one_of(error, path)
     elif kind == "type":
-        expected = error.validator_value
+        expected = wanted
         types = [expected] if isinstance(expected, str) else list(expected)
         words = " or ".join(_TYPE_WORDS.get(t, t) for t in types)
         what = "the file" if not path else _name(path)
@@ -136,7 +136,7 @@ def _translate(error: ValidationError) -> Iterator[tuple[Path, str]]:
             hint = f" (remove the quotes: {path[-1]}: {instance.strip()})"
         yield path, f"{what} must be {words}, not {_json_type(instance)}{hint}"
     elif kind == "enum":
-        choices = ", ".join(str(c) for c in error.validator_value)
+        choices = ", ".join(str(c) for c in wanted)
         yield path, f"{_name(path)} must be one of {choices}, not {shown(instance)}"
     elif kind == "pattern" and schema.get("pattern") == NAME_PATTERN:
         yield path, f"invalid name {shown(instance)}: use 1-128 characters of A-Z a-z 0-9 _ . : -"
@@ -148,13 +148,13 @@ def _translate(error: ValidationError) -> Iterator[tuple[Path, str]]:
     elif kind == "uniqueItems":
         yield path, f"{_name(path)} lists the same entry twice"
     elif kind == "minimum" or kind == "exclusiveMinimum":
-        yield path, f"{_name(path)} must be at least {error.validator_value}"
+        yield path, f"{_name(path)} must be at least {wanted}"
     else:
         yield path, error.message
 
 
 def _translate_one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path, str]]:
-    schema, instance = error.schema, error.instance
+    schema, instance = _schema(error), cast(Any, error.instance)
     branches = schema["oneOf"]
     refs = [b.get("$ref") for b in branches]
     if "#/$defs/leaf" in refs:
@@ -178,6 +178,16 @@ def _translate_one_of(error: ValidationError, path: Path) -> Iterator[tuple[Path
         yield path, f"{_name(path)} is not valid: {shown(instance)}; {_lower_first(schema['description'])}"
     else:
         yield path, error.message
+
+
+def _schema(error: ValidationError) -> dict[str, Any]:
+    """The (sub)schema that failed: always a mapping in our schemas (the stubs allow a bool)."""
+    return cast(dict[str, Any], error.schema)
+
+
+def _wanted(error: ValidationError) -> Any:
+    """What the failed keyword asked for (`required`'s keys, `type`'s types, `enum`'s choices...)."""
+    return cast(Any, error.validator_value)
 
 
 def _explain_mute(window: dict[str, Any]) -> str:

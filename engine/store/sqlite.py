@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -269,7 +270,7 @@ class SQLiteStore:
             rows = db.execute(
                 f"{_HEADS} AND due <= ? ORDER BY due, id LIMIT ?", (now, limit + len(self._leases))
             ).fetchall()
-            claimed = []
+            claimed: list[OutboxEntry] = []
             for row in rows:
                 chain = (row[2], row[5])
                 if chain not in self._leases and len(claimed) < limit:
@@ -409,7 +410,7 @@ class SQLiteStore:
                 f"FROM history WHERE {' AND '.join(where)} ORDER BY sent DESC, id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
-            return [HistoryEntry(*row[:6], *row[7:], body=_body(row)) for row in rows]
+            return [HistoryEntry(**_fields(HistoryEntry, row), body=_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -425,7 +426,7 @@ class SQLiteStore:
                 "FROM dead_letters ORDER BY id LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
-            return [DeadLetter(*row[:6], *row[7:], body=_body(row)) for row in rows]
+            return [DeadLetter(**_fields(DeadLetter, row), body=_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -540,6 +541,13 @@ def _write_state(db: sqlite3.Connection, changes: StateChanges) -> None:
 def _sequence(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
     return row[0] if row else 0
+
+
+def _fields(kind: type, row: tuple[Any, ...]) -> dict[str, Any]:
+    """A display row's fields but its body, from (id, rule, service, api, action, dedup_key, body, ...rest)
+    in the order `kind` (HistoryEntry, DeadLetter) declares them."""
+    names = [f.name for f in dataclasses.fields(kind) if f.name != "body"]
+    return dict(zip(names, (*row[:6], *row[7:]), strict=True))
 
 
 def _chain(entry: OutboxEntry) -> Chain:
