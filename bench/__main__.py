@@ -23,6 +23,7 @@ from bench.matching import match
 from bench.profile import Sampling
 from bench.resilience import memory, outage, reload
 from bench.results import RESULTS, Outcome, document, plain_table, previous_notes
+from bench.stalls import stall
 from bench.throughput import end_to_end, fan_out, intake_batch, intake_single, paced_latency
 
 Scenario = Callable[[Harness], Awaitable[Outcome]]
@@ -36,6 +37,7 @@ SCENARIOS: dict[str, Scenario] = {
     "reload": reload,
     "outage": outage,
     "memory": memory,
+    "stall": stall,
 }
 
 INTRO = """\

@@ -7,12 +7,13 @@ table ACCESS: with a tokens file, a route needs `Authorization: Bearer <token>` 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -37,6 +38,8 @@ JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
 DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
+T = TypeVar("T")
+OFF_LOOP_BYTES = 256 * 1024  # bodies from this size are parsed on a worker thread
 STORAGE_RETRY_AFTER = 5  # seconds a client is asked to wait after a storage failure
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -175,7 +178,7 @@ async def post_events(request: web.Request) -> web.Response:
     with daemon.tracking_request():
         body = await _body(request)
         try:
-            events = parse_events(body, ndjson=ctype in NDJSON_TYPES)
+            events = await off_loop(body, parse_events, body, ndjson=ctype in NDJSON_TYPES)
         except EventError as exc:
             at: dict[str, Any] = {k: v for k, v in (("index", exc.index), ("path", exc.path)) if v is not None}
             return error(400, exc.message, **at)
@@ -211,7 +214,7 @@ async def post_sentry(request: web.Request) -> web.Response:
             except sentry_auth.SentryAuthError as exc:
                 return _refused(exc)
         try:
-            payload = loads(body)
+            payload = await off_loop(body, loads, body)
             webhook = (sentry.to_event(resource, payload, issues_url=config.issues_url) if resource is not None
                        else sentry.legacy_to_event(payload))
         except (JsonError, sentry.SentryPayloadError) as exc:
@@ -227,6 +230,14 @@ async def post_sentry(request: web.Request) -> web.Response:
 def _refused(exc: sentry_auth.SentryAuthError) -> web.Response:
     log.warning("refused a Sentry webhook: %s", exc.message)
     return error(401, exc.message)
+
+
+async def off_loop(body: bytes, parse: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`parse(*args, **kwargs)` of a request body: inline for a small body, on a worker thread for a large
+    one, so that the event loop (`/healthz`, other requests) goes on meanwhile (see json_body's hook)."""
+    if len(body) < OFF_LOOP_BYTES:
+        return parse(*args, **kwargs)
+    return await asyncio.to_thread(parse, *args, **kwargs)
 
 
 async def healthz(request: web.Request) -> web.Response:
