@@ -180,19 +180,23 @@ class Daemon:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
-        """Refuse new events, finish requests in flight, deliver for up to the grace, keep the rest."""
+        """Refuse new events, finish requests in flight and deliver, both within one grace; keep the rest.
+        The whole stop takes at most `shutdown_grace` plus HANDLER_CUTOFF, well inside the unit's
+        TimeoutStopSec (30 s for the default 10 s)."""
         self.stopping = True
         self.notifier.stopping()
         grace = self.config.shutdown_grace
         log.info("stopping: delivering for up to %gs, the rest stays in the outbox", grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(grace):
+            async with asyncio.timeout_at(deadline):
                 await self._drained.wait()
         self.scheduler.shutdown(wait=False)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.deliverer.stop(grace)
+        await self.deliverer.stop(max(0.0, deadline - loop.time()))
         if self._runner is not None:
             await self._runner.cleanup()
         counts = await self.store.counts()

@@ -228,6 +228,24 @@ async def test_a_stalled_body_does_not_hold_shutdown_past_the_grace(start_daemon
     writer.close()
 
 
+async def test_a_stalled_body_and_a_hanging_pagerduty_share_one_grace(start_daemon, fake_pagerduty, tmp_path):
+    daemon = await start(start_daemon, tmp_path, shutdown_grace="3s", ingest={"body_timeout": "60s"})
+    fake_pagerduty.delay = 60  # the page below stays in flight
+    status, _ = await daemon.post_events({"service": "payments", "host": "web-1"})
+    assert status == 202
+    await fake_pagerduty.wait_for(1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
+    writer.write((EVENTS_HEAD + "Content-Length: 100\r\nExpect: 100-continue\r\n\r\n").encode())
+    async with asyncio.timeout(5):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b'{"service": ')
+    started = time.monotonic()
+    assert await daemon.stop(signal.SIGTERM, timeout=15) == 0
+    assert time.monotonic() - started < 3 + 2.5  # one grace, not one for requests and another for delivery
+    writer.close()
+    assert "1 notification(s) left in the outbox" in daemon.output()
+
+
 async def test_a_client_hanging_up_mid_body_is_one_info_line(start_daemon, fake_pagerduty, tmp_path):
     daemon = await start(start_daemon, tmp_path)
     _, writer = await asyncio.open_connection("127.0.0.1", daemon.port)
