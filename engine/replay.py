@@ -6,10 +6,15 @@ A timeline is a list of `Timed` (seconds since the start, event, origin). The cl
 Events are decided at their own time, in time order (as listed when times are equal); the timed work
 (`tick`) runs once per second of simulated time, after the events of that second, as the daemon's does.
 The state starts empty. Offline and pure: nothing reads the clock or touches the network.
+
+`eval_timeline` places the events `eval` reads: at the times one of their fields gives (ISO 8601, or
+seconds or milliseconds since the epoch, as the `timestamp` field of a page is read), from the earliest
+of them; else one second apart from `DEFAULT_START`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,8 +24,10 @@ from typing import Any
 from engine.decide import decide, tick
 from engine.decisions import Decision
 from engine.fanout import render_decisions
-from engine.render import Notification
+from engine.render import Notification, parse_timestamp
+from engine.rules.conditions import field_values, parse_field
 from engine.rules.ruleset import RuleSet
+from engine.sources.events import EventError
 from engine.state import State
 
 DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)  # a fixed start: mute windows are reproducible
@@ -77,3 +84,23 @@ def notifications(played: Sequence[Played]) -> list[tuple[float, Notification]]:
     """(seconds since the start, notification) for every notification sent, in order."""
     return [(p.at, n) for p in played for n in p.notifications]
 
+
+def eval_timeline(events: Sequence[Mapping[str, Any]], *, time_field: str | None = None,
+                  origin: str | None = None) -> tuple[float, list[Timed]]:
+    """(the start, the timeline) of `eval`'s events, in their order: each at the time in `time_field`
+    (a field path, `ts` or `meta.time`) from the earliest of them, or without one, one second apart from
+    `DEFAULT_START`. An event without a time there is an `EventError` naming it."""
+    if time_field is None:
+        return DEFAULT_START.timestamp(), [(float(i), event, origin) for i, event in enumerate(events)]
+    path = parse_field(time_field)
+    times = []
+    for i, event in enumerate(events):
+        values = field_values(event, path)
+        moment = parse_timestamp(values[0]) if values else None
+        if moment is None:
+            found = f"{json.dumps(values[0], ensure_ascii=False)} is not" if values else "there is no"
+            raise EventError(f"{found} a time at {time_field} (ISO 8601, or seconds or milliseconds since the "
+                             "epoch)", i, time_field)
+        times.append(moment.timestamp())
+    start = min(times, default=DEFAULT_START.timestamp())
+    return start, [(t - start, event, origin) for t, event in zip(times, events, strict=True)]

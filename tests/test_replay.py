@@ -1,11 +1,14 @@
-"""engine/replay.py: the simulated clock of `alert-engine test`."""
+"""engine/replay.py: the simulated clock `alert-engine test` and `eval` share, and eval's timelines."""
 
 from __future__ import annotations
 
+import pytest
+
 from engine.decisions import Hold, Page, Resolve
-from engine.replay import DEFAULT_START, notifications, play
+from engine.replay import DEFAULT_START, eval_timeline, notifications, play
 from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
+from engine.sources.events import EventError
 
 KEY = "0123456789abcdef0123456789abcdef"
 
@@ -46,3 +49,23 @@ def test_play_runs_the_timed_work_every_second_until_until(tmp_path):
                                                                                        "deploys/shop"))]
     assert len(play(rs, [(0.0, {"type": "deploy", "app": "shop"}, None)])) == 1  # the clock stops at the last event
 
+
+def test_eval_timeline_without_a_time_field_is_one_second_apart_from_the_fixed_start():
+    start, timeline = eval_timeline([{"a": 1}, {"a": 2}], origin="sentry")
+    assert start == DEFAULT_START.timestamp()
+    assert timeline == [(0.0, {"a": 1}, "sentry"), (1.0, {"a": 2}, "sentry")]
+
+
+def test_eval_timeline_reads_iso_8601_epoch_seconds_and_milliseconds_at_a_field_path():
+    events = [{"meta": {"ts": "2026-03-01T11:00:00+01:00"}}, {"meta": {"ts": 1772359230}},
+              {"meta": {"ts": 1772359201500}}]
+    start, timeline = eval_timeline(events, time_field="meta.ts")
+    assert start == 1772359200.0  # the earliest: 10:00:00Z
+    assert [at for at, _, _ in timeline] == [0.0, 30.0, 1.5]  # in the events' order: play sorts
+
+
+def test_eval_timeline_names_the_event_without_a_time():
+    with pytest.raises(EventError) as caught:
+        eval_timeline([{"ts": 1772359200}, {"ts": True}], time_field="ts")
+    assert (caught.value.index, caught.value.path) == (1, "ts")
+    assert caught.value.message == "true is not a time at ts (ISO 8601, or seconds or milliseconds since the epoch)"
