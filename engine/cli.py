@@ -22,16 +22,20 @@ import yaml
 
 from engine import __version__
 from engine.config import CONFIG_ENV, DEFAULT_CONFIG, Config, default_config_path, load_config
+from engine.decisions import Hold
 from engine.fanout import fan_out
 from engine.logs import configure as configure_logging
 from engine.logs import default_format
 from engine.reload import load_rules
+from engine.render import Notification
+from engine.replay import eval_timeline, play
 from engine.rules import LoadResult, load_ruleset
 from engine.rules.ruleset import RuleSet
 from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
 from engine.sources import sentry
 from engine.sources.events import EventError, parse_events
+from engine.templates import iso_utc
 
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
 DEFAULT_API = "http://127.0.0.1:9595"
@@ -40,7 +44,8 @@ EPILOG = """\
 commands:
   run           run the daemon: HTTP intake, durable outbox, PagerDuty delivery, SIGHUP reload
   check         validate rule files (or --config and its rules): FILE:LINE:COL: rule 'NAME': message
-  eval          print, as JSON lines, the notifications that events would cause (offline, keys masked)
+  eval          print, as JSON lines, the notifications that events would cause, decided as the daemon
+                decides them on a simulated clock (offline, keys masked)
   test          run rule unit tests (rule_files + tests with events and expected notifications)
   history       what was paged, and when (from the running daemon)
   dead-letters  list, retry or purge notifications that could not be delivered
@@ -94,9 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     ev = sub.add_parser("eval", help="show the notifications events would cause, offline",
-                        description="Match events against the rules and print one JSON line per notification "
-                        'that would be sent: {"event", "rule", "service", "api", "url", "body"}, keys masked. '
-                        "Nothing touches the network; missing service keys are warnings.")
+                        description="Run events through the rules as the daemon does (thresholds, throttles, "
+                        "mute windows, resolves...) on a simulated clock, and print one JSON line per "
+                        'notification that would be sent: {"event", "at", "rule", "service", "api", "url", '
+                        '"body"}, keys masked; "event" is the index of the event that caused it, null for '
+                        "the timed work (resolve.after, absent), and \"at\" the simulated time. The state starts "
+                        "empty and the clock at the first event; the timed work runs every simulated second, "
+                        "as the daemon's does, until the last event. Nothing touches the network; missing "
+                        "service keys are warnings.")
     ev.add_argument("paths", nargs="+", metavar="PATH", help="rule file or directory")
     ev.add_argument("--events", required=True, metavar="FILE",
                     help="NDJSON or a JSON array (or one object) of events; '-' reads stdin")
@@ -106,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the endpoint the events come in by: events (POST /v1/events, the default) or sentry "
                     "(flat events as POST /v1/sources/sentry makes them, see docs/sentry.md: Sentry's dedup "
                     "keys, summaries and 'View in Sentry' links apply)")
+    ev.add_argument("--time-field", metavar="FIELD",
+                    help="each event happens at the time in this field (a field path: ts, meta.time; ISO 8601, "
+                    "or seconds or milliseconds since the epoch); the clock starts at the earliest. Without "
+                    "it, the events come one second apart from 2026-01-01T00:00:00Z")
+    ev.add_argument("--explain", action="store_true",
+                    help='also print each trigger held back, as {"decision": "hold", "event", "at", "rule", '
+                    '"dedup_key", "reason"} with "until" (when what holds it ends) and "by" (mute[0], the '
+                    "rule's first mute window; the dedup key of the alert that inhibits it) where known; "
+                    "reason: throttled, muted or inhibited (eval starts without silences)")
+    ev.add_argument("--stateless", action="store_true",
+                    help="match only: every match pages every service of its rule, as if no rule kept state "
+                    "(no thresholds, throttles, windows or resolves); \"at\" is left out")
     ev.set_defaults(func=cmd_eval)
 
     test = sub.add_parser("test", help="run rule unit tests",
@@ -259,6 +281,10 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.stateless and (args.time_field or args.explain):
+        print("alert-engine eval: --stateless only matches: it has no clock (--time-field) and holds nothing "
+              "(--explain)", file=sys.stderr)
+        return 2
     result = load_ruleset(args.paths, allow_missing_secrets=True)
     _print_problems(result)
     if result.ruleset is None:
@@ -275,16 +301,43 @@ def cmd_eval(args: argparse.Namespace) -> int:
         where = f" (event {exc.index})" if exc.index is not None else ""
         print(f"{args.events}{where}: {exc.message}", file=sys.stderr)
         return 1
-    now = datetime.now(UTC)
     base = args.url.rstrip("/")
     origin = sentry.ORIGIN if args.via == "sentry" else None
     services = result.ruleset.services
-    for i, event in enumerate(events):
-        for n in fan_out(result.ruleset, result.ruleset.match(event), now, origin):
-            line = {"event": i, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
-                    "body": n.masked_body(services[n.service].key)}
-            print(json.dumps(line, ensure_ascii=False))
+
+    def show(n: Notification, shown: dict) -> None:
+        line = {**shown, "rule": n.rule, "service": n.service, "api": n.api, "url": n.url(base),
+                "body": n.masked_body(services[n.service].key)}
+        print(json.dumps(line, ensure_ascii=False))
+
+    if args.stateless:
+        now = datetime.now(UTC)
+        for i, event in enumerate(events):
+            for n in fan_out(result.ruleset, result.ruleset.match(event), now, origin):
+                show(n, {"event": i})
+        return 0
+    try:
+        start, timeline = eval_timeline(events, time_field=args.time_field, origin=origin)
+    except EventError as exc:
+        print(f"{args.events} (event {exc.index}): {exc.message}", file=sys.stderr)
+        return 1
+    for played in play(result.ruleset, timeline, start=start):
+        shown = {"event": played.event, "at": _instant(start + played.at)}
+        hold = played.decision
+        if args.explain and isinstance(hold, Hold):
+            why = {"until": None if hold.until is None else _instant(hold.until), "by": hold.by}
+            print(json.dumps({"decision": "hold", **shown, "rule": hold.rule, "dedup_key": hold.dedup_key,
+                              "reason": hold.reason, **{k: v for k, v in why.items() if v is not None}},
+                             ensure_ascii=False))
+        for n in played.notifications:
+            show(n, shown)
     return 0
+
+
+def _instant(seconds: float) -> str:
+    """A simulated time as ISO 8601 UTC, with milliseconds when it has a fraction of a second."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return iso_utc(moment, timespec="milliseconds" if moment.microsecond else "seconds")
 
 
 def _looks_like_ndjson(body: bytes) -> bool:

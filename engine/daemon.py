@@ -26,7 +26,6 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
 from engine.config import ApiTokens, Config
-from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake, Step
 from engine.logs import Redactor
@@ -478,7 +477,7 @@ class Daemon:
         """Timed work on the current rule set: resolves after silence, absences, mute ends, expiries."""
         ruleset = self.ruleset
         try:
-            await self.intake.submit(lambda now: iter([tick(ruleset, self.intake.state, now)]))
+            await self.intake.tick(ruleset)
         except StorageError as exc:
             log.error("timed work not stored, tried again in %gs: %s", TICK_INTERVAL, exc)
 

@@ -4,8 +4,10 @@ silences and resolves. Deterministic and free of I/O: time is the `now` passed i
 `decide(ruleset, state, event, now, origin=...)` handles one event (`origin`: the endpoint it came in
 by, `sentry.ORIGIN` for Sentry's webhooks, None for POST /v1/events); `tick(ruleset, state, now)` does
 the timed work (resolve-after, absent checks and the groups `absent.expect` watches, the end of mute
-windows, silence expiry, pruning). Both update `state` in place (the caller stores `state.changes()` with
-the notifications) and return the notifications to send.
+windows, silence expiry, pruning); `resolve_key(ruleset, state, dedup_key)` is Sentry's resolve. Each
+updates `state` in place (touching every group it changes: the caller stores `state.changes()` with the
+notifications, and puts the touched groups back when that fails) and returns its decisions
+(`engine.decisions`: page, hold and why, resolve), which `engine.fanout.render_decisions` renders.
 
 A rule with no stateful keys pages on every match and keeps no state at all.
 """
@@ -16,13 +18,13 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.fanout import fan_out
-from engine.render import Notification, add_details, alert_key, render_resolve
+from engine.decisions import INHIBITED, MUTED, SILENCED, THROTTLED, Decision, Hold, Page, Resolve
+from engine.render import alert_key
 from engine.rules.conditions import MISSING, field_values, value_getter
-from engine.rules.policy import STATELESS
+from engine.rules.policy import STATELESS, MuteWindow
 from engine.rules.ruleset import Match, Rule, RuleSet
 from engine.sources import sentry
-from engine.state import Group, State
+from engine.state import Group, Silence, State
 from engine.units import iso_seconds
 
 SPIKE_BUCKETS = 30  # a spike window is counted in this many buckets
@@ -32,10 +34,10 @@ STALE_OPEN = 30 * 86400.0  # an open alert that can still be resolved is forgott
 
 
 def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
-           matches: list[Match] | None = None, *, origin: str | None = None) -> list[Notification]:
-    """The notifications one event causes, and the state it leaves behind. `matches`: the event's
-    matches on `ruleset` when the caller already has them. `origin`: the endpoint the event came in by."""
-    out: list[Notification] = []
+           matches: list[Match] | None = None, *, origin: str | None = None) -> list[Decision]:
+    """The decisions one event causes, and the state it leaves behind. `matches`: the event's matches on
+    `ruleset` when the caller already has them. `origin`: the endpoint the event came in by."""
+    out: list[Decision] = []
     resolvers = [ruleset.rules[i] for i in ruleset.resolvers(event)]  # a list: rule-file order
     resolving = {rule.name for rule in resolvers}
     for rule in resolvers:
@@ -46,9 +48,9 @@ def decide(ruleset: RuleSet, state: State, event: Mapping[str, Any], now: float,
     return out
 
 
-def tick(ruleset: RuleSet, state: State, now: float) -> list[Notification]:
+def tick(ruleset: RuleSet, state: State, now: float) -> list[Decision]:
     """Timed work due at `now`: resolves after silence, absent groups, ended mute windows, expiries."""
-    out: list[Notification] = []
+    out: list[Decision] = []
     expected = _watch_expected(ruleset, state, now)
     for name in list(state.groups):
         rule = ruleset.rule(name)
@@ -107,10 +109,10 @@ def _expected_groups(ruleset: RuleSet, now: float) -> dict[str, dict[str, Mappin
     return _expected[1]
 
 
-def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notification]:
+def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Decision]:
     """Sentry's resolve: every open alert with this dedup key whose events came in by the Sentry endpoint,
     on every service it paged. An alert already resolved is left alone (a resend does nothing)."""
-    out: list[Notification] = []
+    out: list[Decision] = []
     for name in list(state.groups):
         g = state.groups[name].get(dedup_key)
         rule = ruleset.rule(name)
@@ -120,13 +122,16 @@ def resolve_key(ruleset: RuleSet, state: State, dedup_key: str) -> list[Notifica
 
 
 def _on_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float,
-              origin: str | None) -> list[Notification]:
+              origin: str | None) -> list[Decision]:
     policy = rule.policy
     if policy is STATELESS and rule.name not in ruleset.inhibit_fields and not _resolved_elsewhere(origin):
         # nothing can resolve or use this alert: page every match and keep no state
-        if state.silences and _silence(state, rule, event, alert_key(rule, event, _moment(now), origin), now):
-            return []
-        return _render(ruleset, rule, event, now, {}, origin)
+        if state.silences:
+            key = alert_key(rule, event, _moment(now), origin)
+            silence = _silence(state, rule, event, key, now)
+            if silence is not None:
+                return [Hold(rule.name, key, SILENCED, silence.until, f"silence {silence.id}")]
+        return [Page(rule, event, origin)]
     g = state.group(rule.name, alert_key(rule, event, _moment(now), origin))
     state.touch(g)
     g.last_seen = now
@@ -175,39 +180,53 @@ def _fires(policy: Any, g: Group, event: Mapping[str, Any], now: float) -> bool:
 
 
 def _trigger(ruleset: RuleSet, state: State, rule: Rule, g: Group, event: Mapping[str, Any], now: float
-             ) -> list[Notification]:
+             ) -> list[Decision]:
     """Page the alert, unless something holds it back; a held trigger is counted, never lost."""
     state.touch(g)
     g.labels = {name: _value(event, path) for name, path in ruleset.inhibit_labels(rule.name)}
-    window = _mute_window(rule, now)
-    held = ("silenced" if _silence(state, rule, event, g.key, now) else
-            "muted" if window is not None else
-            "inhibited" if _inhibited(ruleset, state, rule, event) else
-            "throttled" if rule.policy.throttle and g.last_trigger is not None
-            and now - g.last_trigger < rule.policy.throttle else None)
-    if held:
+    muted = _mute_window(rule, now)
+    hold = _hold(ruleset, state, rule, g, event, now, muted)
+    if hold is not None:
         g.suppressed += 1
         g.suppressed_first = g.suppressed_first if g.suppressed_first is not None else now
         g.suppressed_last = now
-        if held == "muted" and window is not None and window.renotify:
+        if hold.reason == MUTED and muted is not None and muted[1].renotify:
             g.open = g.held = True  # paged when the window ends, if still open then
-        elif held == "throttled" or rule.policy.absent:
+        elif hold.reason == THROTTLED or rule.policy.absent:
             g.open = True  # still the same incident; an absence is counted once, not every tick
-        return []
+        return [hold]
     extra: dict[str, Any] = {}
     if g.suppressed:
         extra = {"suppressed_count": g.suppressed, "suppressed_since": _iso(g.suppressed_first),
                  "suppressed_until": _iso(g.suppressed_last)}
-    notifications = _render(ruleset, rule, event, now, extra, g.origin)
     g.open, g.held = True, False
-    g.services = [n.service for n in notifications]
+    g.services = list(rule.services)
     g.last_trigger = now
     g.suppressed, g.suppressed_first, g.suppressed_last = 0, None, None
-    return notifications
+    return [Page(rule, event, g.origin, extra)]
+
+
+def _hold(ruleset: RuleSet, state: State, rule: Rule, g: Group, event: Mapping[str, Any], now: float,
+          muted: tuple[int, MuteWindow, float] | None) -> Hold | None:
+    """What holds this trigger back, in the order they are checked, if anything does. `muted`: the rule's
+    mute window active at `now` (`_mute_window`)."""
+    silence = _silence(state, rule, event, g.key, now)
+    if silence is not None:
+        return Hold(rule.name, g.key, SILENCED, silence.until, f"silence {silence.id}")
+    if muted is not None:
+        index, _, end = muted
+        return Hold(rule.name, g.key, MUTED, end, f"mute[{index}]")
+    inhibitor = _inhibitor(ruleset, state, rule, event)
+    if inhibitor is not None:
+        return Hold(rule.name, g.key, INHIBITED, by=inhibitor.key)
+    throttle = rule.policy.throttle
+    if throttle and g.last_trigger is not None and now - g.last_trigger < throttle:
+        return Hold(rule.name, g.key, THROTTLED, g.last_trigger + throttle)
+    return None
 
 
 def _resolve_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any], now: float,
-                   origin: str | None) -> list[Notification]:
+                   origin: str | None) -> list[Decision]:
     g = state.groups.get(rule.name, {}).get(alert_key(rule, event, _moment(now), origin))
     if g is None or not g.open:
         return []
@@ -215,50 +234,49 @@ def _resolve_match(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[st
     return _close(ruleset, state, rule, g)
 
 
-def _close(ruleset: RuleSet, state: State, rule: Rule, g: Group) -> list[Notification]:
+def _close(ruleset: RuleSet, state: State, rule: Rule, g: Group) -> list[Decision]:
     """Resolve an open alert on every service its trigger went to (none if its page was held)."""
     services = [] if g.held else g.services
     g.open, g.held, g.services = False, False, []
     g.suppressed, g.suppressed_first, g.suppressed_last = 0, None, None
     state.touch(g)
-    return [render_resolve(rule.name, ruleset.services[s], g.key) for s in services if s in ruleset.services]
+    return [Resolve(rule.name, s, g.key) for s in services if s in ruleset.services]
 
 
-def _render(ruleset: RuleSet, rule: Rule, event: Mapping[str, Any], now: float, extra: dict[str, Any],
-            origin: str | None) -> list[Notification]:
-    out = fan_out(ruleset, [Match(rule, event)], _moment(now), origin)
-    return [add_details(n, extra) for n in out] if extra else out
-
-
-def _silence(state: State, rule: Rule, event: Mapping[str, Any], key: str, now: float) -> bool:
-    """Whether an active silence covers this match; silences see {rule, dedup_key, event}."""
+def _silence(state: State, rule: Rule, event: Mapping[str, Any], key: str, now: float) -> Silence | None:
+    """The active silence that covers this match, if one does (it counts it); silences see
+    {rule, dedup_key, event}."""
     if not state.silences:
-        return False
+        return None
     subject = {"rule": rule.name, "dedup_key": key, "event": event}
     for silence in state.silences.values():
         if silence.active(now) and silence.condition(subject):
             silence.covered += 1
             state.touch_silence(silence)
-            return True
-    return False
+            return silence
+    return None
 
 
-def _inhibited(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any]) -> bool:
+def _inhibitor(ruleset: RuleSet, state: State, rule: Rule, event: Mapping[str, Any]) -> Group | None:
+    """The open alert that inhibits this match, if one does."""
     inhibit = rule.policy.inhibit
     if inhibit is None:
-        return False
+        return None
     wanted = {".".join(map(str, p)): _value(event, p) for p in inhibit.equal}
     for by in inhibit.by:
         for g in state.open_groups(by):
             if not g.held and all(g.labels.get(name) == value for name, value in wanted.items()):
-                return True
-    return False
+                return g
+    return None
 
 
-def _mute_window(rule: Rule, now: float) -> Any:
-    for window in rule.policy.mute:
-        if window.active(now) is not None:
-            return window
+def _mute_window(rule: Rule, now: float) -> tuple[int, MuteWindow, float] | None:
+    """The first of the rule's mute windows active at `now`: its index, itself, and the end of the
+    occurrence that holds `now`."""
+    for i, window in enumerate(rule.policy.mute):
+        occurrence = window.active(now)
+        if occurrence is not None:
+            return i, window, occurrence[1]
     return None
 
 

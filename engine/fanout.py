@@ -1,11 +1,13 @@
-"""The one place where a matched event fans out: every match, to every service its rule lists."""
+"""The one place where a matched event fans out: every match, to every service its rule lists; and where
+decisions (`engine.decisions`) become the notifications they send."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 
-from engine.render import Notification, render
+from engine.decisions import Decision, Page, Resolve
+from engine.render import Notification, add_details, render, render_resolve
 from engine.rules.ruleset import Match, RuleSet
 
 
@@ -15,3 +17,17 @@ def fan_out(ruleset: RuleSet, matches: Sequence[Match], now: datetime, origin: s
     the endpoint their event came in by (see `render`)."""
     services = ruleset.services
     return [render(m, services[name], now, origin) for m in matches for name in m.rule.services]
+
+
+def render_decisions(ruleset: RuleSet, decisions: Iterable[Decision], now: float) -> list[Notification]:
+    """The notifications of decisions taken at `now`, in their order: a page to every service of its rule
+    (its `extra` added to the details), a resolve to its service; a hold sends nothing."""
+    out: list[Notification] = []
+    moment = datetime.fromtimestamp(now, UTC)
+    for decision in decisions:
+        if isinstance(decision, Page):
+            pages = fan_out(ruleset, [Match(decision.rule, decision.event)], moment, decision.origin)
+            out += [add_details(n, decision.extra) for n in pages] if decision.extra else pages
+        elif isinstance(decision, Resolve):
+            out.append(render_resolve(decision.rule, ruleset.services[decision.service], decision.dedup_key))
+    return out

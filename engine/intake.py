@@ -12,6 +12,10 @@ that was never stored, no threshold count consumed by it), and every step of the
 `StorageError` (the client gets 503 and may retry). A batch starts only once the previous one is committed
 or rolled back, so a rollback never undoes a decision somebody was already told about.
 
+The steps that decide (`accept`, `resolve`, `tick`) go through the stages in order: `decide` (`tick`,
+`resolve_key`) returns decisions, `render_decisions` turns the pages and resolves into notifications, and
+the holds are counted by reason (`alert_engine_holds_total`) once their batch is committed.
+
 A long batch yields to the event loop every few milliseconds, so `/healthz` and other requests are
 answered while a large request is being decided. Requests are bounded up front: `RequestTooLarge` for a
 request whose matches could cause more than `max_notifications` notifications, decided before anything
@@ -27,7 +31,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.decide import decide, resolve_key
+from engine.decide import decide, resolve_key, tick
+from engine.decisions import HOLD_REASONS, Decision, Hold
+from engine.fanout import render_decisions
 from engine.metrics import Registry
 from engine.render import Notification
 from engine.rules.ruleset import Match, RuleSet
@@ -52,6 +58,22 @@ class Accepted:
     accepted: int  # events
     matched: int  # events that matched at least one rule
     notifications: int  # notifications committed to the outbox
+
+
+class _Deciding:
+    """A step that decides (`decisions(now)`: a list of decisions per event) and yields their notifications.
+    `holds`: those of its last run (a step is run again when another step of its batch fails)."""
+
+    def __init__(self, ruleset: RuleSet, decisions: Callable[[float], Iterator[list[Decision]]]) -> None:
+        self._ruleset = ruleset
+        self._decisions = decisions
+        self.holds: list[Hold] = []
+
+    def __call__(self, now: float) -> Iterator[list[Notification]]:
+        self.holds = []
+        for decided in self._decisions(now):
+            self.holds += [d for d in decided if isinstance(d, Hold)]
+            yield render_decisions(self._ruleset, decided, now)
 
 
 @dataclass
@@ -86,6 +108,9 @@ class Intake:
                                          "Notifications committed to the outbox.", ["service"])
         self._rollbacks = metrics.counter("alert_engine_state_rollbacks_total",
                                           "Batches of decisions undone because their commit failed.")
+        self._holds = metrics.counter("alert_engine_holds_total", "Triggers held back (counted, not paged), "
+                                      "by reason: throttled, muted, silenced, inhibited.", ["reason"])
+        metrics.prime("reason", HOLD_REASONS)
 
     # -- what callers submit --------------------------------------------------------------------------
 
@@ -95,11 +120,11 @@ class Intake:
         `origin`: the endpoint the events came in by (`sentry.ORIGIN`), None for POST /v1/events."""
         matches = await self._match(ruleset, events)
 
-        def step(now: float) -> Iterator[list[Notification]]:
+        def decisions(now: float) -> Iterator[list[Decision]]:
             for event, matched in zip(events, matches, strict=True):
                 yield decide(ruleset, self.state, event, now, matched, origin=origin)
 
-        notifications = await self.submit(step)
+        notifications = await self._decide(ruleset, decisions)
         matched = sum(1 for m in matches if m)
         self._received.inc(len(events))
         self._matched.inc(matched)
@@ -107,7 +132,11 @@ class Intake:
 
     async def resolve(self, ruleset: RuleSet, dedup_key: str) -> int:
         """Resolve the open alert(s) with this dedup key on every service paged; how many resolves."""
-        return len(await self.submit(lambda now: iter([resolve_key(ruleset, self.state, dedup_key)])))
+        return len(await self._decide(ruleset, lambda now: iter([resolve_key(ruleset, self.state, dedup_key)])))
+
+    async def tick(self, ruleset: RuleSet) -> list[Notification]:
+        """The timed work due now (`engine.decide.tick`), committed; its notifications."""
+        return await self._decide(ruleset, lambda now: iter([tick(ruleset, self.state, now)]))
 
     async def submit(self, step: Step) -> list[Notification]:
         """Run `step` in the next batch; its notifications once they are committed with its state changes.
@@ -125,6 +154,15 @@ class Intake:
             return
         await self._store.enqueue(notifications, now=now)
         self._committed(notifications)
+
+    async def _decide(self, ruleset: RuleSet, decisions: Callable[[float], Iterator[list[Decision]]]
+                      ) -> list[Notification]:
+        """Submit the step that renders what `decisions` decides; count its holds once it is committed."""
+        step = _Deciding(ruleset, decisions)
+        notifications = await self.submit(step)
+        for hold in step.holds:
+            self._holds.inc(reason=hold.reason)
+        return notifications
 
     # -- the batches ----------------------------------------------------------------------------------
 

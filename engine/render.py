@@ -325,11 +325,11 @@ def limit_dedup_key(key: str) -> str:
 
 def event_timestamp(event: Mapping[str, Any], now: dt.datetime) -> str:
     """The event's `timestamp` as ISO 8601 UTC (`...Z`) when it parses to a time UTC can hold, else `now`."""
-    moment = _parse_timestamp(event.get("timestamp")) or now
+    moment = parse_timestamp(event.get("timestamp")) or now
     return iso_utc(moment, timespec="milliseconds" if moment.microsecond else "seconds")
 
 
-def _parse_timestamp(value: Any) -> dt.datetime | None:
+def parse_timestamp(value: Any) -> dt.datetime | None:
     """The moment in UTC, or None: unparsable, or beyond what a datetime holds once in UTC
     (`9999-12-31T23:59:59-01:00`, an integer too big for a float)."""
     try:

@@ -1,4 +1,5 @@
-"""`alert-engine test`: rule unit tests, like `promtool test rules`, run offline on a driven clock.
+"""`alert-engine test`: rule unit tests, like `promtool test rules`, run offline on a driven clock
+(`engine.replay`, the clock `alert-engine eval` runs on too).
 
 A test file names `rule_files:` (relative to itself) and lists `tests:`, each with `events` and `expect`.
 An item of `events` is an event, sent at `0s`, or `{at: <duration>, event: {...}, repeat: N, via: sentry}`
@@ -6,9 +7,8 @@ An item of `events` is an event, sent at `0s`, or `{at: <duration>, event: {...}
 in by POST /v1/events or, with `via: sentry`, by the Sentry endpoint (a flat event as docs/sentry.md
 shows: Sentry's dedup key, summary and link, and its alerts tracked for Sentry's resolves). The clock
 starts at `start` (ISO 8601 with a zone; default `DEFAULT_START`, so mute windows are reproducible) and
-runs until `until` or the last event, whichever is later. Each event is decided at its own time, in
-time order (as listed when times are equal); the timed work (`tick`) runs once per second of simulated
-time, after the events of that second. Every test has its own state.
+runs until `until` or the last event, whichever is later (see `engine.replay.play`). Every test has its
+own state.
 
 `expect` lists the notifications the timeline must send, as `{rule, service}` plus any of `action`
 (`trigger`, the default, or `resolve`), `at` (when it was sent), `dedup_key`, `severity`, `summary`.
@@ -17,32 +17,27 @@ They must equal the notifications sent exactly: nothing missing, nothing unexpec
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path as FsPath
 from typing import Any
 
 import yaml
 
-from engine.decide import decide, tick
 from engine.render import Notification
+from engine.replay import DEFAULT_START, Timed, notifications, play
 from engine.rules import load_ruleset
 from engine.rules.errors import Problem, RuleError
 from engine.rules.load import load_file
-from engine.rules.ruleset import RuleSet
 from engine.rules.validate import schema_problems
 from engine.sources import sentry
-from engine.state import State
 from engine.units import parse_duration, parse_instant
 
-DEFAULT_START = datetime(2026, 1, 1, tzinfo=UTC)
 COMPARED = ("rule", "service", "action", "at", "dedup_key", "severity", "summary")
 _DEFAULTS = {"action": "trigger", "at": 0.0}  # left out of a sent notification's diff line
 _UNITS = (("d", 86400), ("h", 3600), ("m", 60))
 _ORIGINS = {"events": None, "sentry": sentry.ORIGIN}  # `via:` -> the origin decide is given
-Timed = tuple[float, Mapping[str, Any], str | None]  # (seconds since the start, event, origin)
 
 
 @dataclass(frozen=True)
@@ -89,10 +84,9 @@ def run_test_file(file: str, start: datetime = DEFAULT_START) -> list[Outcome] |
         return list(loaded.errors)
     outcomes = []
     for test, begin in zip(doc.data["tests"], starts, strict=True):
-        events = timeline(test["events"])
-        until = max([parse_duration(test.get("until", "0s")), *(at for at, _, _ in events)])
-        sent = play(loaded.ruleset, events, until=until, start=begin)
-        missing, unexpected = compare([expectation(item) for item in test["expect"]], sent)
+        played = play(loaded.ruleset, timeline(test["events"]), until=parse_duration(test.get("until", "0s")),
+                      start=begin)
+        missing, unexpected = compare([expectation(item) for item in test["expect"]], notifications(played))
         outcomes.append(Outcome(file, test["name"], tuple(missing), tuple(unexpected)))
     return outcomes
 
@@ -110,7 +104,7 @@ def parse_start(text: str) -> float:
 
 
 def timeline(items: list[Mapping[str, Any]]) -> list[Timed]:
-    """(seconds since the start, event, origin) for every event, in time order (stable: as listed)."""
+    """(seconds since the start, event, origin) for every event, as listed (`play` puts them in time order)."""
     events: list[Timed] = []
     for item in items:
         if "at" in item:
@@ -118,31 +112,7 @@ def timeline(items: list[Mapping[str, Any]]) -> list[Timed]:
             events += [(parse_duration(item["at"]), item["event"], origin)] * item.get("repeat", 1)
         else:
             events.append((0.0, item, None))
-    return sorted(events, key=lambda timed: timed[0])
-
-
-def play(ruleset: RuleSet, events: list[Timed], *, until: float, start: float) -> list[tuple[float, Notification]]:
-    """Drive `decide` and `tick` over the timeline: (seconds since the start, notification) as sent.
-
-    Ticks run every whole second from 0 to `until`. While the state holds no group and no silence a tick
-    has nothing to do (it only walks those), so the clock skips ahead to the next event.
-    """
-    state = State(started=start)
-    sent: list[tuple[float, Notification]] = []
-    pending = list(reversed(events))
-    second = 0
-    while second <= until:
-        while pending and pending[-1][0] <= second:
-            at, event, origin = pending.pop()
-            sent += [(at, n) for n in decide(ruleset, state, event, start + at, origin=origin)]
-        sent += [(float(second), n) for n in tick(ruleset, state, start + second)]
-        if state.groups or state.silences:
-            second += 1
-        elif pending:
-            second = max(second + 1, math.ceil(pending[-1][0]))
-        else:
-            break
-    return sent
+    return events
 
 
 def observed(at: float, n: Notification) -> dict[str, Any]:

@@ -93,7 +93,9 @@ def test_help_describes_every_command():
     for word in ("check", "eval", "test", "exit status"):
         assert word in out
     assert "--allow-missing-secrets" in run("check", "--help").stdout
-    assert "--events" in run("eval", "--help").stdout
+    eval_help = run("eval", "--help").stdout
+    for option in ("--events", "--time-field", "--explain", "--stateless"):
+        assert option in eval_help
 
 
 def test_eval_prints_one_masked_json_line_per_notification(tmp_path):
@@ -140,6 +142,82 @@ def test_eval_bad_events_exit_1_naming_the_item(tmp_path):
                env={"PD_PAY": KEY, "PD_OPS": KEY})
     assert proc.returncode == 1
     assert proc.stderr.strip() == "- (event 1): an event must be a JSON object, not int"
+
+
+STATEFUL = RULES + """\
+  - name: errors
+    match: {field: level, equals: error}
+    services: [pay, ops]
+    group_by: [host]
+    threshold: {count: 10, window: 1m}
+  - name: deploys
+    match: {field: type, equals: deploy}
+    services: [pay]
+    group_by: [app]
+    throttle: 10m
+  - name: heartbeat
+    match: {field: type, equals: heartbeat}
+    services: [pay]
+    group_by: [job]
+    absent: {for: 10m}
+"""
+ENV = {"PD_PAY": KEY, "PD_OPS": KEY}
+
+
+def eval_lines(tmp_path, events: list[dict], *args: str) -> list[dict]:
+    proc = run("eval", rules_file(tmp_path, STATEFUL), "--events", "-", *args,
+               stdin="\n".join(json.dumps(e) for e in events), env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_eval_decides_as_the_daemon_does_ten_events_at_a_threshold_of_ten_page_once_per_service(tmp_path):
+    lines = eval_lines(tmp_path, [{"level": "error", "host": "a"}] * 10)
+    assert [(x["event"], x["at"], x["rule"], x["service"], x["body"].get("dedup_key")) for x in lines] == [
+        (9, "2026-01-01T00:00:09Z", "errors", "pay", "errors/a"), (9, "2026-01-01T00:00:09Z", "errors", "ops", None)]
+    assert lines[1]["body"]["incident_key"] == "errors/a" and lines[1]["body"]["service_key"] == "****cdef"
+    stateless = eval_lines(tmp_path, [{"level": "error", "host": "a"}] * 10, "--stateless")
+    assert len(stateless) == 20 and "at" not in stateless[0]  # --stateless: every match, as before
+
+
+def test_eval_a_heartbeat_prints_nothing_unless_stateless(tmp_path):
+    assert eval_lines(tmp_path, [{"type": "heartbeat", "job": "bill"}]) == []
+    [line] = eval_lines(tmp_path, [{"type": "heartbeat", "job": "bill"}], "--stateless")
+    assert (line["event"], line["rule"]) == (0, "heartbeat")
+
+
+def test_eval_time_field_puts_events_on_their_own_times_in_time_order(tmp_path):
+    deploys = [{"type": "deploy", "app": "shop", "ts": ts} for ts in
+               ("2026-03-01T10:11:00Z", 1772359200, "2026-03-01T10:05:00+00:00", 1772359200500.0)]
+    # 1772359200 is 10:00:00 (seconds); 1772359200500.0 is 10:00:00.5 (milliseconds); listed out of order
+    lines = eval_lines(tmp_path, deploys, "--time-field", "ts")
+    assert [(x["event"], x["at"]) for x in lines] == [(1, "2026-03-01T10:00:00Z"), (0, "2026-03-01T10:11:00Z")]
+    apart = eval_lines(tmp_path, deploys)  # one second apart: the throttle holds all but the first
+    assert [(x["event"], x["at"]) for x in apart] == [(0, "2026-01-01T00:00:00Z")]
+
+
+def test_eval_time_field_missing_or_not_a_time_exits_1_naming_the_event(tmp_path):
+    for bad, why in (({"type": "deploy"}, "there is no"), ({"type": "deploy", "ts": "soon"}, '"soon" is not')):
+        proc = run("eval", rules_file(tmp_path, STATEFUL), "--events", "-", "--time-field", "ts",
+                   stdin=json.dumps([{"type": "deploy", "ts": 1772359200}, bad]), env=ENV)
+        assert proc.returncode == 1
+        assert proc.stderr.strip() == (f"- (event 1): {why} a time at ts (ISO 8601, or seconds or milliseconds "
+                                       "since the epoch)")
+
+
+def test_eval_explain_prints_each_hold_and_why(tmp_path):
+    deploys = [{"type": "deploy", "app": "shop", "ts": f"2026-03-01T10:0{m}:00Z"} for m in (0, 2)]
+    lines = eval_lines(tmp_path, deploys, "--time-field", "ts", "--explain")
+    assert [x.get("decision") for x in lines] == [None, "hold"]
+    assert lines[1] == {"decision": "hold", "event": 1, "at": "2026-03-01T10:02:00Z", "rule": "deploys",
+                        "dedup_key": "deploys/shop", "reason": "throttled", "until": "2026-03-01T10:10:00Z"}
+    assert len(eval_lines(tmp_path, deploys, "--time-field", "ts")) == 1  # without --explain: pages only
+
+
+def test_eval_stateless_has_no_clock_and_no_holds(tmp_path):
+    for option in ("--time-field=ts", "--explain"):
+        proc = run("eval", rules_file(tmp_path), "--events", "-", "--stateless", option, stdin="{}", env=ENV)
+        assert proc.returncode == 2 and "--stateless only matches" in proc.stderr
 
 
 def test_test_command_passes_on_the_shipped_example_tests():

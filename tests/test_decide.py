@@ -1,4 +1,5 @@
-"""engine/decide.py: `decide` and `tick` on a driven clock, every stateful feature at its edges."""
+"""engine/decide.py: `decide` and `tick` on a driven clock, every stateful feature at its edges, and the
+decisions they return: pages (rendered here to check what they send), holds with their reason, resolves."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import textwrap
 from datetime import UTC, datetime
 
 from engine.decide import IDLE_KEPT, SILENCE_KEPT, decide, resolve_key, tick
+from engine.decisions import Decision, Hold, Page, Resolve
+from engine.fanout import render_decisions
 from engine.render import Notification
 from engine.rules import load_ruleset
 from engine.rules.ruleset import RuleSet
@@ -31,8 +34,17 @@ rules:
     return result.ruleset
 
 
-def sent(notifications: list[Notification]) -> list[tuple[str, str, str, str]]:
-    return [(n.rule, n.service, n.action, n.dedup_key) for n in notifications]
+def rendered(rs: RuleSet, decisions: list[Decision], now: float = T0) -> list[Notification]:
+    """The notifications the decisions send (no rule here has a template that reads `now`)."""
+    return render_decisions(rs, decisions, now)
+
+
+def sent(rs: RuleSet, decisions: list[Decision]) -> list[tuple[str, str, str, str]]:
+    return [(n.rule, n.service, n.action, n.dedup_key) for n in rendered(rs, decisions)]
+
+
+def pages(decisions: list[Decision]) -> int:
+    return sum(isinstance(d, Page) for d in decisions)
 
 
 def details(n: Notification) -> dict:
@@ -62,7 +74,7 @@ def test_threshold_pages_on_the_nth_match_in_the_window_not_the_n_minus_first(tm
     assert decide(rs, state, ERR, T0) == []
     assert decide(rs, state, {**ERR, "host": "b"}, T0 + 1) == []  # counted per group
     assert decide(rs, state, ERR, T0 + 2) == []
-    assert sent(decide(rs, state, ERR, T0 + 299)) == [("errs", "pay", "trigger", "errs/a")]
+    assert sent(rs, decide(rs, state, ERR, T0 + 299)) == [("errs", "pay", "trigger", "errs/a")]
 
 
 def test_a_match_exactly_one_window_old_no_longer_counts(tmp_path):
@@ -70,12 +82,12 @@ def test_a_match_exactly_one_window_old_no_longer_counts(tmp_path):
     for t in (0, 100):
         decide(rs, state, ERR, T0 + t)
     assert decide(rs, state, ERR, T0 + 300) == []  # the match at 0 has dropped out: 2 in the window
-    assert sent(decide(rs, state, ERR, T0 + 399.9)) == [("errs", "pay", "trigger", "errs/a")]
+    assert sent(rs, decide(rs, state, ERR, T0 + 399.9)) == [("errs", "pay", "trigger", "errs/a")]
 
 
 def test_a_trigger_resets_the_count(tmp_path):
     rs, state = load(tmp_path, THRESHOLD), State()
-    assert [len(decide(rs, state, ERR, T0 + t)) for t in range(7)] == [0, 0, 1, 0, 0, 1, 0]
+    assert [pages(decide(rs, state, ERR, T0 + t)) for t in range(7)] == [0, 0, 1, 0, 0, 1, 0]
 
 
 def test_a_group_that_never_fired_is_forgotten_after_a_day_without_matches(tmp_path):
@@ -94,16 +106,19 @@ def test_throttle_holds_triggers_until_it_expires_and_the_next_page_carries_what
     rs, state = load(tmp_path, """\
         - {name: t, match: {field: level, equals: error}, services: [pay, ops], group_by: [host], throttle: 10m}
         """), State()
-    assert sent(decide(rs, state, ERR, T0)) == [("t", "pay", "trigger", "t/a"), ("t", "ops", "trigger", "t/a")]
-    assert decide(rs, state, ERR, T0 + MIN) == []
-    assert decide(rs, state, ERR, T0 + 599) == []
-    assert len(decide(rs, state, {**ERR, "host": "b"}, T0 + 599)) == 2  # another dedup key is not held
-    pages = decide(rs, state, ERR, T0 + 600)
-    assert sent(pages) == [("t", "pay", "trigger", "t/a"), ("t", "ops", "trigger", "t/a")]
+    assert sent(rs, decide(rs, state, ERR, T0)) == [("t", "pay", "trigger", "t/a"), ("t", "ops", "trigger", "t/a")]
+    throttled = Hold("t", "t/a", "throttled", until=T0 + 600)
+    assert decide(rs, state, ERR, T0 + MIN) == decide(rs, state, ERR, T0 + 599) == [throttled]
+    assert sent(rs, decide(rs, state, {**ERR, "host": "b"}, T0 + 599)) == [  # another dedup key is not held
+        ("t", "pay", "trigger", "t/b"), ("t", "ops", "trigger", "t/b")]
+    paged = rendered(rs, decide(rs, state, ERR, T0 + 600))
+    assert [(n.rule, n.service, n.action, n.dedup_key) for n in paged] == [("t", "pay", "trigger", "t/a"),
+                                                                          ("t", "ops", "trigger", "t/a")]
     held = {"suppressed_count": 2, "suppressed_since": iso(T0 + MIN), "suppressed_until": iso(T0 + 599)}
-    assert details(pages[0]) == details(pages[1]) == {**ERR, **held}
-    assert decide(rs, state, ERR, T0 + 601) == []  # the throttle runs again from the last page
-    [page, _] = decide(rs, state, ERR, T0 + 1200)
+    assert details(paged[0]) == details(paged[1]) == {**ERR, **held}
+    # the throttle runs again from the last page
+    assert decide(rs, state, ERR, T0 + 601) == [Hold("t", "t/a", "throttled", until=T0 + 1200)]
+    [page, _] = rendered(rs, decide(rs, state, ERR, T0 + 1200))
     assert details(page)["suppressed_count"] == 1  # only what was held since the last page
 
 
@@ -114,11 +129,11 @@ def test_resolve_after_quiet_goes_to_every_service_paged_once_and_not_before(tmp
         - {name: r, match: {field: level, equals: error}, services: [pay, ops], group_by: [host], resolve: {after: 15m}}
         """), State()
     decide(rs, state, ERR, T0)
-    assert len(decide(rs, state, ERR, T0 + 5 * MIN)) == 2  # no throttle: each match pages (PagerDuty dedups)
+    assert len(rendered(rs, decide(rs, state, ERR, T0 + 5 * MIN))) == 2  # no throttle: each match pages
     assert tick(rs, state, T0 + 20 * MIN - 1) == []  # quiet is counted from the last match
     resolves = tick(rs, state, T0 + 20 * MIN)
-    assert sent(resolves) == [("r", "pay", "resolve", "r/a"), ("r", "ops", "resolve", "r/a")]
-    assert [n.body for n in resolves] == [
+    assert resolves == [Resolve("r", "pay", "r/a"), Resolve("r", "ops", "r/a")]
+    assert [n.body for n in rendered(rs, resolves)] == [
         {"event_action": "resolve", "dedup_key": "r/a"},  # the key is put in at send time
         {"event_type": "resolve", "incident_key": "r/a"},
     ]
@@ -136,7 +151,7 @@ def test_resolve_match_resolves_the_open_alert_of_its_group_only(tmp_path):
     decide(rs, state, ERR, T0)
     assert decide(rs, state, {"status": "recovered", "host": "b"}, T0 + 1) == []
     # an event the resolve matches is not also counted as a match of the rule
-    assert sent(decide(rs, state, {**ERR, "status": "recovered"}, T0 + 2)) == [("r", "pay", "resolve", "r/a")]
+    assert sent(rs, decide(rs, state, {**ERR, "status": "recovered"}, T0 + 2)) == [("r", "pay", "resolve", "r/a")]
     assert decide(rs, state, {"status": "recovered", "host": "a"}, T0 + 3) == []  # already resolved
 
 
@@ -144,8 +159,8 @@ def test_several_resolves_of_one_event_come_in_rule_file_order(tmp_path):
     names = [f"r{i}" for i in (5, 1, 4, 2, 0, 3)]
     rule = "- {name: NAME, match: {field: level, equals: error}, services: [pay], resolve: {match: {field: ok, gt: 0}}}"
     rs, state = load(tmp_path, "\n".join(rule.replace("NAME", n) for n in names) + "\n"), State()
-    assert [n.rule for n in decide(rs, state, ERR, T0)] == names
-    assert [n.rule for n in decide(rs, state, {"ok": 1}, T0 + 1)] == names
+    assert [d.rule.name for d in decide(rs, state, ERR, T0) if isinstance(d, Page)] == names
+    assert [d.rule for d in decide(rs, state, {"ok": 1}, T0 + 1) if isinstance(d, Resolve)] == names
 
 
 # -- spike -----------------------------------------------------------------------------------------------
@@ -163,13 +178,13 @@ def test_spike_pages_when_the_current_window_reaches_ratio_times_the_previous(tm
     rs, state = load(tmp_path, SPIKE), State()
     decide(rs, state, ERR, T0)
     decide(rs, state, ERR, T0 + 1)  # the previous window: 2, so 6 are needed
-    assert [len(decide(rs, state, ERR, T0 + 600 + i)) for i in range(6)] == [0, 0, 0, 0, 0, 1]
+    assert [pages(decide(rs, state, ERR, T0 + 600 + i)) for i in range(6)] == [0, 0, 0, 0, 0, 1]
     assert decide(rs, state, ERR, T0 + 610) == []  # a trigger resets the counts: 1 < min_count
 
 
 def test_spike_needs_min_count_when_the_previous_window_is_empty(tmp_path):
     rs, state = load(tmp_path, SPIKE), State()
-    assert [len(decide(rs, state, ERR, T0 + i)) for i in range(3)] == [0, 0, 1]
+    assert [pages(decide(rs, state, ERR, T0 + i)) for i in range(3)] == [0, 0, 1]
 
 
 def test_spike_previous_window_ends_two_windows_back(tmp_path):
@@ -177,8 +192,8 @@ def test_spike_previous_window_ends_two_windows_back(tmp_path):
     for host in ("a", "a", "b", "b"):
         decide(rs, state, {**ERR, "host": host}, T0)
     # a's 2 are less than two windows old: 6 are needed; b's are two windows old, no longer counted
-    assert [len(decide(rs, state, ERR, T0 + 1199)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
-    assert [len(decide(rs, state, {**ERR, "host": "b"}, T0 + 1200)) for _ in range(3)] == [0, 0, 1]
+    assert [pages(decide(rs, state, ERR, T0 + 1199)) for _ in range(6)] == [0, 0, 0, 0, 0, 1]
+    assert [pages(decide(rs, state, {**ERR, "host": "b"}, T0 + 1200)) for _ in range(3)] == [0, 0, 1]
 
 
 # -- change ----------------------------------------------------------------------------------------------
@@ -189,7 +204,7 @@ def test_change_records_the_first_value_and_pages_on_each_change(tmp_path):
         """), State()
 
     def status(app: str, t: float, **value) -> int:
-        return len(decide(rs, state, {"type": "deploy", "app": app, **value}, T0 + t))
+        return pages(decide(rs, state, {"type": "deploy", "app": app, **value}, T0 + t))
 
     assert status("a", 0, status="ok") == 0  # first value: recorded only
     assert status("a", 1, status="ok") == 0
@@ -221,14 +236,14 @@ def test_absent_pages_once_after_for_and_the_next_heartbeat_resolves_it(tmp_path
     assert tick(rs, state, T0) == []  # a group never seen is not absent
     assert decide(rs, state, BEAT, T0) == []  # heartbeats never page
     assert tick(rs, state, T0 + 599) == []
-    pages = tick(rs, state, T0 + 600)
-    assert sent(pages) == [("hb", "pay", "trigger", "hb/bill"), ("hb", "ops", "trigger", "hb/bill")]
-    assert pages[0].summary == "bill is silent"  # rendered from the last heartbeat
+    paged = rendered(rs, tick(rs, state, T0 + 600))
+    assert [(n.rule, n.service, n.action, n.dedup_key) for n in paged] == [("hb", "pay", "trigger", "hb/bill"),
+                                                                          ("hb", "ops", "trigger", "hb/bill")]
+    assert paged[0].summary == "bill is silent"  # rendered from the last heartbeat
     assert tick(rs, state, T0 + 601) == [] and tick(rs, state, T0 + 2 * HOUR) == []
-    assert sent(decide(rs, state, BEAT, T0 + 2 * HOUR)) == [("hb", "pay", "resolve", "hb/bill"),
-                                                          ("hb", "ops", "resolve", "hb/bill")]
+    assert decide(rs, state, BEAT, T0 + 2 * HOUR) == [Resolve("hb", "pay", "hb/bill"), Resolve("hb", "ops", "hb/bill")]
     assert tick(rs, state, T0 + 2 * HOUR + 599) == []
-    assert len(tick(rs, state, T0 + 2 * HOUR + 600)) == 2
+    assert pages(tick(rs, state, T0 + 2 * HOUR + 600)) == 1
 
 
 def test_after_a_restart_absent_clocks_restart_at_the_start_time(tmp_path):
@@ -239,10 +254,10 @@ def test_after_a_restart_absent_clocks_restart_at_the_start_time(tmp_path):
     state = State(started=restart)
     state.restore(stored)
     assert tick(rs, state, restart) == [] and tick(rs, state, restart + 599) == []
-    assert len(tick(rs, state, restart + 600)) == 2
+    assert pages(tick(rs, state, restart + 600)) == 1
     naive = State()  # without `started`, the hour the engine was down would count as silence
     naive.restore(stored)
-    assert len(tick(rs, naive, restart)) == 2
+    assert pages(tick(rs, naive, restart)) == 1
 
 
 # -- absent.expect ---------------------------------------------------------------------------------------
@@ -263,14 +278,15 @@ def test_an_expected_group_never_seen_pages_for_after_the_start_rendered_from_wh
     assert tick(rs, state, T0) == []  # watched from here, seen or not
     assert decide(rs, state, DONE, T0 + 30 * MIN) == []  # db reports: its clock restarts
     assert tick(rs, state, T0 + HOUR - 1) == []
-    pages = tick(rs, state, T0 + HOUR)
-    assert sent(pages) == [("backup", "pay", "trigger", "backup/files/eu"),
-                           ("backup", "ops", "trigger", "backup/files/eu")]
-    assert pages[0].summary == "files in eu is silent"
+    paged = rendered(rs, tick(rs, state, T0 + HOUR))
+    assert [(n.rule, n.service, n.action, n.dedup_key) for n in paged] == [
+        ("backup", "pay", "trigger", "backup/files/eu"), ("backup", "ops", "trigger", "backup/files/eu")]
+    assert paged[0].summary == "files in eu is silent"
     assert tick(rs, state, T0 + HOUR + 1) == []  # once per absence
-    assert len(tick(rs, state, T0 + 90 * MIN)) == 2  # db, an hour after its last report
+    assert sent(rs, tick(rs, state, T0 + 90 * MIN)) == [  # db, an hour after its last report
+        ("backup", "pay", "trigger", "backup/db/eu"), ("backup", "ops", "trigger", "backup/db/eu")]
     back = {**DONE, "job": "files"}
-    assert sent(decide(rs, state, back, T0 + 2 * HOUR)) == [("backup", "pay", "resolve", "backup/files/eu"),
+    assert sent(rs, decide(rs, state, back, T0 + 2 * HOUR)) == [("backup", "pay", "resolve", "backup/files/eu"),
                                                            ("backup", "ops", "resolve", "backup/files/eu")]
 
 
@@ -283,18 +299,18 @@ def test_an_expected_group_is_watched_again_from_the_start_after_a_restart(tmp_p
     state = State(started=restart)
     state.restore(stored)
     assert tick(rs, state, restart) == [] and tick(rs, state, restart + HOUR - 1) == []
-    assert len(tick(rs, state, restart + HOUR)) == 4  # both groups, on both services
+    assert len(rendered(rs, tick(rs, state, restart + HOUR))) == 4  # both groups, on both services
     fresh = State(started=restart)  # a first start with nothing stored: the same
-    assert tick(rs, fresh, restart) == [] and len(tick(rs, fresh, restart + HOUR)) == 4
+    assert tick(rs, fresh, restart) == [] and len(rendered(rs, tick(rs, fresh, restart + HOUR))) == 4
 
 
 def test_a_group_no_longer_expected_and_never_seen_is_forgotten_and_its_page_resolved(tmp_path):
     rs, state = load(tmp_path, EXPECT), State(started=T0)
     decide(rs, state, DONE, T0)
     tick(rs, state, T0)
-    assert len(tick(rs, state, T0 + HOUR)) == 4  # db (seen) and files (never seen) are both absent
+    assert len(rendered(rs, tick(rs, state, T0 + HOUR))) == 4  # db (seen) and files (never seen) are both absent
     fewer = load(tmp_path, EXPECT.replace(", {job: files, site.name: eu}", ""))
-    assert sent(tick(fewer, state, T0 + HOUR + 1)) == [("backup", "pay", "resolve", "backup/files/eu"),
+    assert sent(fewer, tick(fewer, state, T0 + HOUR + 1)) == [("backup", "pay", "resolve", "backup/files/eu"),
                                                         ("backup", "ops", "resolve", "backup/files/eu")]
     assert set(state.groups["backup"]) == {"backup/db/eu"}  # the seen one stays tracked
     assert tick(fewer, state, T0 + 3 * HOUR) == []
@@ -306,7 +322,7 @@ def test_a_disabled_rule_watches_nothing_until_enabled(tmp_path):
     assert tick(disabled, state, T0) == [] and state.groups == {}
     enabled = load(tmp_path, EXPECT)
     assert tick(enabled, state, T0 + 5 * HOUR) == []  # watched from when it is enabled
-    assert len(tick(enabled, state, T0 + 6 * HOUR)) == 4
+    assert len(rendered(enabled, tick(enabled, state, T0 + 6 * HOUR))) == 4
 
 
 # -- mute windows ----------------------------------------------------------------------------------------
@@ -318,11 +334,11 @@ def test_a_fixed_mute_window_holds_pages_from_its_start_to_its_end(tmp_path):
           services: [pay]
           mute: [{start: "2026-01-01T01:00:00Z", end: "2026-01-01T02:00:00Z"}]
         """), State()
-    assert len(decide(rs, state, ERR, T0 + HOUR - 1)) == 1
-    assert decide(rs, state, ERR, T0 + HOUR) == []
-    assert decide(rs, state, ERR, T0 + 2 * HOUR - 1) == []
+    assert pages(decide(rs, state, ERR, T0 + HOUR - 1)) == 1
+    muted = Hold("m", "m", "muted", until=T0 + 2 * HOUR, by="mute[0]")
+    assert decide(rs, state, ERR, T0 + HOUR) == decide(rs, state, ERR, T0 + 2 * HOUR - 1) == [muted]
     assert tick(rs, state, T0 + 2 * HOUR) == []  # without on_end: renotify, the end pages nothing
-    [page] = decide(rs, state, ERR, T0 + 2 * HOUR)
+    [page] = rendered(rs, decide(rs, state, ERR, T0 + 2 * HOUR))
     assert details(page) == {**ERR, "suppressed_count": 2, "suppressed_since": "2026-01-01T01:00:00Z",
                              "suppressed_until": "2026-01-01T01:59:59Z"}
 
@@ -335,14 +351,14 @@ def test_a_berlin_cron_window_across_both_dst_changes(tmp_path):
           mute: [{cron: "0 2 * * SUN", duration: 2h, timezone: Europe/Berlin}]
         """), State()
 
-    def pages(*moments: str) -> list[int]:
-        return [len(decide(rs, state, ERR, datetime.fromisoformat(f"{m}+00:00").timestamp())) for m in moments]
+    def paged_at(*moments: str) -> list[int]:
+        return [pages(decide(rs, state, ERR, datetime.fromisoformat(f"{m}+00:00").timestamp())) for m in moments]
 
     # spring forward: 02:00 CET never happens; the window is 03:00-05:00 CEST (01:00-03:00 UTC)
-    assert pages("2026-03-29T00:59:59", "2026-03-29T01:00:00", "2026-03-29T02:59:59", "2026-03-29T03:00:00"
+    assert paged_at("2026-03-29T00:59:59", "2026-03-29T01:00:00", "2026-03-29T02:59:59", "2026-03-29T03:00:00"
                  ) == [1, 0, 0, 1]
     # fall back: 02:00 happens twice (00:00 and 01:00 UTC); muted from the first until 2h after the second
-    assert pages("2026-10-24T23:59:59", "2026-10-25T00:00:00", "2026-10-25T02:59:59", "2026-10-25T03:00:00"
+    assert paged_at("2026-10-24T23:59:59", "2026-10-25T00:00:00", "2026-10-25T02:59:59", "2026-10-25T03:00:00"
                  ) == [1, 0, 0, 1]
 
 
@@ -359,13 +375,15 @@ FAILED, OK = {"result": "failed", "table": "orders"}, {"result": "ok", "table": 
 
 def test_on_end_renotify_pages_an_alert_still_open_when_the_window_ends(tmp_path):
     rs, state = load(tmp_path, RENOTIFY), State()
-    assert decide(rs, state, FAILED, T0 + HOUR + 60) == []
+    assert decide(rs, state, FAILED, T0 + HOUR + 60) == [Hold("m", "m/orders", "muted", T0 + 2 * HOUR, "mute[0]")]
     assert tick(rs, state, T0 + 2 * HOUR - 1) == []
-    pages = tick(rs, state, T0 + 2 * HOUR)
-    assert sent(pages) == [("m", "pay", "trigger", "m/orders"), ("m", "ops", "trigger", "m/orders")]
-    assert details(pages[0])["suppressed_count"] == details(pages[1])["suppressed_count"] == 1
+    paged = rendered(rs, tick(rs, state, T0 + 2 * HOUR))
+    assert [(n.rule, n.service, n.action, n.dedup_key) for n in paged] == [("m", "pay", "trigger", "m/orders"),
+                                                                          ("m", "ops", "trigger", "m/orders")]
+    assert details(paged[0])["suppressed_count"] == details(paged[1])["suppressed_count"] == 1
     assert tick(rs, state, T0 + 2 * HOUR + 1) == []
-    assert len(decide(rs, state, OK, T0 + 3 * HOUR)) == 2  # and its resolve goes where the page went
+    # and its resolve goes where the page went
+    assert decide(rs, state, OK, T0 + 3 * HOUR) == [Resolve("m", "pay", "m/orders"), Resolve("m", "ops", "m/orders")]
 
 
 def test_on_end_renotify_pages_nothing_for_an_alert_resolved_inside_the_window(tmp_path):
@@ -393,13 +411,14 @@ INHIBIT = """\
 
 def test_inhibit_holds_pages_while_an_alert_with_the_same_value_is_open(tmp_path):
     rs, state = load(tmp_path, INHIBIT), State()
-    assert len(decide(rs, state, {"type": "node_down", "cluster": "c1", "node": "n1"}, T0)) == 1
-    assert decide(rs, state, {"type": "unhealthy", "cluster": "c1", "service": "api"}, T0 + 1) == []
-    assert sent(decide(rs, state, {"type": "unhealthy", "cluster": "c2", "service": "api"}, T0 + 2)) == [
+    assert pages(decide(rs, state, {"type": "node_down", "cluster": "c1", "node": "n1"}, T0)) == 1
+    assert decide(rs, state, {"type": "unhealthy", "cluster": "c1", "service": "api"}, T0 + 1) == [
+        Hold("svc", "svc/c1/api", "inhibited", by="node-down/c1/n1")]
+    assert sent(rs, decide(rs, state, {"type": "unhealthy", "cluster": "c2", "service": "api"}, T0 + 2)) == [
         ("svc", "pay", "trigger", "svc/c2/api")]
-    assert sent(decide(rs, state, {"type": "node_up", "cluster": "c1", "node": "n1"}, T0 + 3)) == [
+    assert sent(rs, decide(rs, state, {"type": "node_up", "cluster": "c1", "node": "n1"}, T0 + 3)) == [
         ("node-down", "pay", "resolve", "node-down/c1/n1")]
-    [page] = decide(rs, state, {"type": "unhealthy", "cluster": "c1", "service": "api"}, T0 + 4)
+    [page] = rendered(rs, decide(rs, state, {"type": "unhealthy", "cluster": "c1", "service": "api"}, T0 + 4))
     assert details(page)["suppressed_count"] == 1
 
 
@@ -416,13 +435,15 @@ def test_a_silence_counts_the_matches_it_covers_until_it_expires(tmp_path):
     rs, state = load(tmp_path, DISK), State()
     silence(state, {"field": "event.host", "equals": "db-1"})
     state.changes()
-    assert decide(rs, state, {"type": "disk", "host": "db-1"}, T0) == []
-    assert sent(decide(rs, state, {"type": "disk", "host": "db-2"}, T0)) == [("disk", "pay", "trigger", "disk/db-2")]
-    assert decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + HOUR - 1) == []
+    silenced = Hold("disk", "disk/db-1", "silenced", until=T0 + HOUR, by="silence 1")
+    assert decide(rs, state, {"type": "disk", "host": "db-1"}, T0) == [silenced]
+    assert sent(rs, decide(rs, state, {"type": "disk", "host": "db-2"}, T0)) == [
+        ("disk", "pay", "trigger", "disk/db-2")]
+    assert decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + HOUR - 1) == [silenced]
     assert state.silences[1].covered == 2
     [(ident, stored)] = state.changes().silences
     assert ident == 1 and '"covered":2' in stored
-    assert len(decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + HOUR)) == 1  # expired at `until`
+    assert pages(decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + HOUR)) == 1  # expired at `until`
     assert state.groups == {}  # a silence gives a stateless rule no state
 
 
@@ -430,8 +451,9 @@ def test_a_silence_sees_the_rule_and_the_dedup_key(tmp_path):
     rs, state = load(tmp_path, DISK + "- {name: other, match: {field: type, equals: disk}, services: [pay]}\n"), State()
     silence(state, {"field": "rule", "equals": "other"})
     silence(state, {"field": "dedup_key", "equals": "disk/db-1"}, ident=2)
-    assert sent(decide(rs, state, {"type": "disk", "host": "db-1"}, T0)) == []
-    assert sent(decide(rs, state, {"type": "disk", "host": "db-2"}, T0)) == [("disk", "pay", "trigger", "disk/db-2")]
+    assert sent(rs, decide(rs, state, {"type": "disk", "host": "db-1"}, T0)) == []
+    assert sent(rs, decide(rs, state, {"type": "disk", "host": "db-2"}, T0)) == [
+        ("disk", "pay", "trigger", "disk/db-2")]
     assert (state.silences[1].covered, state.silences[2].covered) == (2, 1)
 
 
@@ -448,19 +470,19 @@ def test_an_expired_silence_is_kept_a_week_then_dropped(tmp_path):
 def test_a_silenced_trigger_is_counted_and_reported_by_the_next_page(tmp_path):
     rs, state = load(tmp_path, THRESHOLD), State()
     silence(state, {"field": "event.host", "equals": "a"})
-    for t in range(3):
-        decide(rs, state, ERR, T0 + t)
+    assert [decide(rs, state, ERR, T0 + t) for t in range(3)] == [
+        [], [], [Hold("errs", "errs/a", "silenced", until=T0 + HOUR, by="silence 1")]]
     assert state.silences[1].covered == 1
-    pages = [decide(rs, state, ERR, T0 + HOUR + t) for t in range(3)]
-    assert [len(p) for p in pages] == [0, 0, 1]
-    assert details(pages[2][0])["suppressed_count"] == 1
+    decided = [decide(rs, state, ERR, T0 + HOUR + t) for t in range(3)]
+    assert decided[:2] == [[], []] and pages(decided[2]) == 1
+    assert details(rendered(rs, decided[2])[0])["suppressed_count"] == 1
 
 
 # -- stateless rules, Sentry resolves --------------------------------------------------------------------
 
 def test_a_rule_without_stateful_keys_pages_every_match_and_keeps_no_state(tmp_path):
     rs, state = load(tmp_path, DISK), State()
-    assert [len(decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + t)) for t in range(3)] == [1, 1, 1]
+    assert [pages(decide(rs, state, {"type": "disk", "host": "db-1"}, T0 + t)) for t in range(3)] == [1, 1, 1]
     assert tick(rs, state, T0 + DAY) == []
     assert state.groups == {} and not state.changes()
 
@@ -474,8 +496,8 @@ def test_sentry_alerts_are_tracked_so_sentrys_resolve_reaches_every_service_page
     decide(rs, state, {"level": "fatal", "issue": 8}, T0, origin=SENTRY)
     assert resolve_key(rs, state, "issue-7") == []
     resolves = resolve_key(rs, state, "issue-8")
-    assert sent(resolves) == [("s", "pay", "resolve", "issue-8"), ("s", "ops", "resolve", "issue-8")]
-    assert resolves[1].body == {"event_type": "resolve", "incident_key": "issue-8"}
+    assert resolves == [Resolve("s", "pay", "issue-8"), Resolve("s", "ops", "issue-8")]
+    assert rendered(rs, resolves)[1].body == {"event_type": "resolve", "incident_key": "issue-8"}
     assert resolve_key(rs, state, "issue-8") == []  # Sentry says it again (a resend): nothing more to do
 
 
@@ -486,9 +508,10 @@ def test_sentry_behaviour_follows_the_endpoint_never_a_source_field(tmp_path):
         - {name: plain, match: {field: level, equals: fatal}, services: [pay]}
         """), State()
     claimed = {"source": "sentry", "level": "fatal", "issue_id": "9", "title": "boom"}
-    pages = decide(rs, state, claimed, T0)  # by POST /v1/events: a field is just a field
-    assert sent(pages) == [("s", "pay", "trigger", "sentry-issue-9"), ("plain", "pay", "trigger", "plain")]
-    assert pages[1].summary == "plain: boom" and "client_url" not in pages[1].body
+    paged = rendered(rs, decide(rs, state, claimed, T0))  # by POST /v1/events: a field is just a field
+    assert [(n.rule, n.service, n.action, n.dedup_key) for n in paged] == [
+        ("s", "pay", "trigger", "sentry-issue-9"), ("plain", "pay", "trigger", "plain")]
+    assert paged[1].summary == "plain: boom" and "client_url" not in paged[1].body
     assert list(state.groups) == ["s"]  # `plain` is stateless and not from Sentry: nothing kept
     assert resolve_key(rs, state, "sentry-issue-9") == []  # Sentry resolves only what came from Sentry
     assert state.groups["s"]["sentry-issue-9"].open
@@ -502,21 +525,22 @@ def test_a_sentry_alert_held_by_a_mute_window_renotifies_with_sentrys_defaults(t
           mute: [{start: "2026-01-01T01:00:00Z", end: "2026-01-01T02:00:00Z", on_end: renotify}]
         """), State()
     event = {"level": "fatal", "issue_id": "5", "title": "boom", "issue_url": "https://sentry.io/o/issues/5/"}
-    assert decide(rs, state, event, T0 + HOUR + 60, origin=SENTRY) == []
+    assert decide(rs, state, event, T0 + HOUR + 60, origin=SENTRY) == [
+        Hold("s", "sentry-issue-5", "muted", T0 + 2 * HOUR, "mute[0]")]
     stored = Group.load(state.groups["s"]["sentry-issue-5"].dump())  # across a restart, too
     assert stored.origin == SENTRY
     state.groups["s"]["sentry-issue-5"] = stored
-    [page] = tick(rs, state, T0 + 2 * HOUR)
+    [page] = rendered(rs, tick(rs, state, T0 + 2 * HOUR))
     assert (page.dedup_key, page.summary, page.body["client_url"]) == ("sentry-issue-5", "boom",
                                                                        "https://sentry.io/o/issues/5/")
-    assert sent(resolve_key(rs, state, "sentry-issue-5")) == [("s", "pay", "resolve", "sentry-issue-5")]
+    assert sent(rs, resolve_key(rs, state, "sentry-issue-5")) == [("s", "pay", "resolve", "sentry-issue-5")]
 
 
 def test_a_disabled_rule_never_pages_from_the_clock_but_still_resolves(tmp_path):
     rs, state = load(tmp_path, ABSENT), State()
     decide(rs, state, BEAT, T0)
     decide(rs, state, {**BEAT, "job": "ship"}, T0 + 300)
-    assert len(tick(rs, state, T0 + 600)) == 2  # bill is absent, and paged
+    assert pages(tick(rs, state, T0 + 600)) == 1  # bill is absent, and paged
     disabled = load(tmp_path, ABSENT + "  enabled: false\n")  # a reload keeps the state of the same name
     assert tick(disabled, state, T0 + 900) == []  # ship is absent too, but its rule is disabled
     rs, state = load(tmp_path, """\
@@ -525,7 +549,7 @@ def test_a_disabled_rule_never_pages_from_the_clock_but_still_resolves(tmp_path)
     decide(rs, state, ERR, T0)
     disabled = load(tmp_path, "- {name: r, match: {field: level, equals: error}, services: [pay], enabled: false, "
                     "resolve: {after: 15m}}\n")
-    assert sent(tick(disabled, state, T0 + 900)) == [("r", "pay", "resolve", "r")]
+    assert sent(disabled, tick(disabled, state, T0 + 900)) == [("r", "pay", "resolve", "r")]
     rs, state = load(tmp_path, RENOTIFY), State()
     decide(rs, state, FAILED, T0 + HOUR + 60)
     assert tick(load(tmp_path, RENOTIFY + "  enabled: false\n"), state, T0 + 2 * HOUR) == []  # no renotify

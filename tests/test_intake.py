@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engine.decisions import HOLD_REASONS
 from engine.intake import Intake, RequestTooLarge
 from engine.metrics import Registry
 from engine.rules import load_ruleset
@@ -71,11 +72,18 @@ async def on_tmpfs(tmpfs):
     await store.close()
 
 
-def make_intake(store: SQLiteStore, clock: Clock, **kwargs: Any) -> tuple[Intake, list[int]]:
+def make_intake(store: SQLiteStore, clock: Clock, registry: Registry | None = None, **kwargs: Any
+                ) -> tuple[Intake, list[int]]:
     woken: list[int] = []
-    intake = Intake(store, State(), lambda: woken.append(1), Registry(), clock=clock,
+    intake = Intake(store, State(), lambda: woken.append(1), registry or Registry(), clock=clock,
                     guard=lambda: _raise_if_lost(store), **kwargs)
     return intake, woken
+
+
+def holds(registry: Registry) -> dict[str, float]:
+    """alert_engine_holds_total by reason."""
+    counter = registry.counter("alert_engine_holds_total", "", ["reason"])
+    return {reason: counter.get(reason=reason) for reason in HOLD_REASONS}
 
 
 def _raise_if_lost(store: SQLiteStore) -> None:
@@ -216,5 +224,63 @@ async def test_a_large_request_gives_the_event_loop_turns_while_it_is_decided(tm
             turns_while_busy += 1
         assert (await request).notifications == 20_000
         assert turns_while_busy > 10  # /healthz and other requests are answered meanwhile
+    finally:
+        await store.close()
+
+
+async def test_holds_are_counted_by_reason_once_committed_never_for_a_batch_that_failed(tmp_path, on_tmpfs):
+    store, tmpfs = on_tmpfs
+    rs, clock, registry = load(tmp_path), Clock(), Registry()
+    intake, _ = make_intake(store, clock, registry)
+    assert 'alert_engine_holds_total{reason="inhibited"} 0.0' in registry.render()  # there from the start
+    await intake.accept(rs, [{"kind": "deploy", "host": "a"}])  # paged: the throttle starts
+    tmpfs.fill()
+    clock.now += 60
+    held = [{"kind": "deploy", "host": "a", "blob": "x" * 50_000}]
+    with pytest.raises(StorageError, match="full"):
+        await intake.accept(rs, held)
+    assert holds(registry) == dict.fromkeys(HOLD_REASONS, 0.0)  # undone: it was never held
+    tmpfs.free()
+    assert (await intake.accept(rs, held)).notifications == 0
+    assert holds(registry) == {"throttled": 1.0, "muted": 0.0, "silenced": 0.0, "inhibited": 0.0}
+
+
+async def test_a_step_decided_again_after_another_failed_counts_its_holds_once(tmp_path):
+    store = await SQLiteStore.open(tmp_path / "alert-engine.db")
+    try:
+        rs, clock, registry = load(tmp_path), Clock(), Registry()
+        intake, _ = make_intake(store, clock, registry)
+        await intake.accept(rs, [{"kind": "deploy", "host": "a"}])
+
+        def broken(now: float):
+            yield []
+            raise RuntimeError("a bug in deciding")
+
+        done = await asyncio.gather(intake.accept(rs, [{"kind": "deploy", "host": "a"}]), intake.submit(broken),
+                                    return_exceptions=True)
+        assert isinstance(done[1], RuntimeError)
+        assert holds(registry)["throttled"] == 1
+    finally:
+        await store.close()
+
+
+async def test_the_timed_work_counts_its_holds_too(tmp_path):
+    store = await SQLiteStore.open(tmp_path / "alert-engine.db")
+    try:
+        rs = load(tmp_path, """\
+- name: beat
+  match: {field: kind, equals: beat}
+  services: [pay]
+  absent: {for: 1m}
+  mute: [{start: "2027-01-01T00:00:00Z", end: "2028-01-01T00:00:00Z"}]
+""")
+        clock, registry = Clock(), Registry()
+        intake, _ = make_intake(store, clock, registry)
+        await intake.accept(rs, [{"kind": "beat"}])
+        clock.now += 60
+        assert await intake.tick(rs) == []  # absent, but inside the window
+        clock.now += 1
+        assert await intake.tick(rs) == []
+        assert holds(registry)["muted"] == 1  # once per absence, not every tick
     finally:
         await store.close()

@@ -79,3 +79,23 @@ async def test_a_page_waiting_for_a_retry_shows_in_oldest_age_and_goes_out_at_on
     assert done[("alert_engine_outbox_oldest_age_seconds", ())] == 0
     await daemon.stop()
     assert "1 notification(s) waiting for a retry when the daemon stopped: due now" in daemon.output()
+
+
+async def test_a_throttled_trigger_is_counted_as_a_hold_by_its_reason(start_daemon, fake_pagerduty):
+    daemon = await start_daemon(RULES + """\
+  - name: deploy
+    match: {field: type, equals: deploy}
+    services: [pay]
+    group_by: [app]
+    throttle: 1h
+""")
+    _, first = await scrape(daemon)
+    for reason in ("throttled", "muted", "silenced", "inhibited"):
+        assert first[("alert_engine_holds_total", (("reason", reason),))] == 0, reason
+    status, answer = await daemon.post_events([{"type": "deploy", "app": "shop"}] * 2)
+    assert (status, answer["notifications"]) == (202, 1)  # the second is held by the throttle
+    await fake_pagerduty.wait_for(1)
+    _, after = await scrape(daemon)  # counted once the batch is committed, before the answer
+    assert after[("alert_engine_holds_total", (("reason", "throttled"),))] == 1
+    assert after[("alert_engine_holds_total", (("reason", "muted"),))] == 0
+    await daemon.stop()
