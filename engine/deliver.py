@@ -19,8 +19,10 @@
   dead-lettered with the last answer: the last attempt is made at that deadline at the latest, and a
   `Retry-After` reaching past it gives up at once.
 - Pacing: a token bucket per integration key (`rate_per_key` per minute, `burst`; 0 turns it off).
-  A chain head that had to wait, for a token, a slot or a retry, is backlogged: before it is sent, the
-  triggers queued right behind it are collapsed into the newest (see `engine.store`).
+  A chain head that had to wait, for a token or a retry, is backlogged: before it is sent (and before it
+  takes a request slot), the triggers queued right behind it are collapsed into the newest (see
+  `engine.store`). Waiting for a slot does not count: under load nearly every head waits for one, and a
+  collapse per page (a write) halved end-to-end throughput.
 - Storage failures: when the database refuses the write that records an outcome (`complete`,
   `retry_later`, `dead_letter`), the chain stays claimed and the same write is tried again with backoff
   (at most `RECORD_RETRY_CAP` apart) until it goes through: a page PagerDuty accepted is not sent
@@ -227,9 +229,9 @@ class Deliverer:
             waited = entry.attempts > 0
             if self._rate > 0:
                 waited = await self._paced(entry, key) or waited
-            async with self._slots.slot(key) as queued:
-                if waited or queued:
-                    entry = await self._collapse(entry)
+            if waited:
+                entry = await self._collapse(entry)
+            async with self._slots.slot(key):
                 assert self._client is not None, "start() first"
                 answer = await self._client.send(entry.notification, entry.payload, key)
             await self._settle(entry, answer, key)

@@ -73,20 +73,20 @@ class Slots:
         self._timers[key] = asyncio.get_running_loop().call_later(until - self._clock(), self._resume, key)
 
     @contextlib.asynccontextmanager
-    async def slot(self, key: str) -> AsyncIterator[bool]:
-        """Hold one slot for `key` for the block; yields whether it had to wait for it."""
-        queued = await self._acquire(key)
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        """Hold one slot for `key` for the block."""
+        await self._acquire(key)
         try:
-            yield queued
+            yield
         finally:
             self._release(key)
 
-    async def _acquire(self, key: str) -> bool:
+    async def _acquire(self, key: str) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, deque()).append(future)
         self._dispatch()
         if future.done():
-            return False
+            return
         try:
             await future
         except asyncio.CancelledError:
@@ -95,7 +95,6 @@ class Slots:
             else:
                 self._forget(key, future)
             raise
-        return True
 
     def _release(self, key: str) -> None:
         self._held[key] -= 1
