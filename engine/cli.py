@@ -474,12 +474,13 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
-    body = {"service": args.service, "resolve_after": args.resolve_after, "wait": args.wait}
+    resolve_after, wait = _seconds(args.resolve_after), _seconds(args.wait)
+    body = {"service": args.service, "resolve_after": resolve_after, "wait": wait}
     try:
-        wait = parse_duration(args.wait)
+        timeout = parse_duration(wait) + 30
     except ValueError:
-        wait = 0  # the daemon says what is wrong with it
-    answer = _api(args, "POST", "/v1/test", body, timeout=wait + 30)
+        timeout = 30  # the daemon says what is wrong with it
+    answer = _api(args, "POST", "/v1/test", body, timeout=timeout)
     if answer is None:  # refused, still retrying, or not sent: the daemon's reason is printed
         return 1
     service, dedup_key = answer["service"], answer["dedup_key"]
@@ -495,6 +496,14 @@ def cmd_send_test(args: argparse.Namespace) -> int:
         print(f"PagerDuty accepted the test page for service {service}: HTTP {answer['status']} {said}")
         print(f"dedup key {dedup_key}; its resolve: {answer['resolve']}")
     return 0
+
+
+def _seconds(text: str) -> str | float:
+    """A duration argument as the API takes it: a bare number (`0`) as seconds, anything else (`30s`) as given."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def cmd_import_sentry_plugin(args: argparse.Namespace) -> int:

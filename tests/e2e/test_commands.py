@@ -345,6 +345,11 @@ async def test_send_test_not_answered_within_wait_exits_1_and_resolves_once_deli
     too_long = await procs.api(daemon, "send-test", "sre", "--wait", "1h")
     assert too_long.returncode == 1 and "HTTP 400" in too_long.stderr and "'wait' must be from 0 to 120s" in \
         too_long.stderr
+    queued = await procs.api(daemon, "send-test", "sre", "--wait", "0", "--resolve-after", "0")
+    assert queued.returncode == 0 and queued.stdout.startswith("test page queued for service sre (dedup key ")
+    assert "its resolve: none asked for" in queued.stdout
+    [page] = (await fake_pagerduty.wait_for(4))[3:]
+    assert page.body["dedup_key"] in queued.stdout
     assert await daemon.stop() == 0
 
 
