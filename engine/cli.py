@@ -47,7 +47,7 @@ commands:
   check         validate rule files (or --config and its rules): FILE:LINE:COL: rule 'NAME': message
   eval          print, as JSON lines, the notifications that events would cause (offline, keys masked)
   test          run rule unit tests (rule_files + tests with events and expected notifications)
-  history       what was paged, and when (from the running daemon)
+  history       what was paged, and when, and what PagerDuty refused (from the running daemon)
   dead-letters  list, retry or purge notifications that could not be delivered
   silence       add, list or expire silences (Alertmanager-style) in the running daemon
   send-test     page one service through the running daemon: PagerDuty's answer proves its key (or not)
