@@ -35,10 +35,15 @@ from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
 from engine.sources import sentry
 from engine.sources.events import EventError, parse_events
+from engine.table import table
 from engine.templates import iso_utc
+from engine.units import parse_duration
 
 DEFAULT_PAGERDUTY_URL = "https://events.pagerduty.com"
 DEFAULT_API = "http://127.0.0.1:9595"
+COVERED_LEGEND = ("COVERED: the matches a silence held back from paging, one per match whatever the number of "
+                  "services; on a stateful rule, a match counts when it would have triggered (a threshold's "
+                  "matches once, when reached); a match several silences cover counts on one of them.")
 
 EPILOG = """\
 commands:
@@ -47,10 +52,10 @@ commands:
   eval          print, as JSON lines, the notifications that events would cause, decided as the daemon
                 decides them on a simulated clock (offline, keys masked)
   test          run rule unit tests (rule_files + tests with events and expected notifications)
-  history       what was paged, and when (from the running daemon)
+  history       what was paged, and when, and what PagerDuty refused (from the running daemon)
   dead-letters  list, retry or purge notifications that could not be delivered
   silence       add, list or expire silences (Alertmanager-style) in the running daemon
-  send-test     page one service through the running daemon, to prove its key works
+  send-test     page one service through the running daemon: PagerDuty's answer proves its key (or not)
   import        turn a Sentry PagerDuty plugin configuration into a rule file (import sentry-plugin)
 
 the commands that talk to a running daemon use --api (default $ALERT_ENGINE_API or
@@ -144,9 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bearer token, when the daemon has a tokens file: its scope must be read to list, "
                      "admin to change anything (default: $ALERT_ENGINE_TOKEN)")
 
-    hist = sub.add_parser("history", parents=[api], help="what was paged, and when",
-                          description="The notification log of the running daemon, newest first: time, "
-                          "outcome, rule, service, action, dedup key, attempts, PagerDuty's status.")
+    hist = sub.add_parser("history", parents=[api], help="what was paged, and when; what was refused",
+                          description="The notification log of the running daemon, newest first, as a table: "
+                          "time (UTC), rule, service, action, dedup key, outcome (delivered, "
+                          "delivered-dry-run, collapsed into a newer trigger, or dead-lettered), PagerDuty's "
+                          "HTTP status, attempts, and why (a dead letter's reason with PagerDuty's answer). "
+                          "Dead letters are listed while they are kept (retry or purge takes them out).")
     hist.add_argument("--rule", help="only this rule")
     hist.add_argument("--service", help="only this service")
     hist.add_argument("--since", help="ISO 8601 time, epoch seconds, or a duration back from now (1h, 2d)")
@@ -158,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Notifications PagerDuty rejected (4xx) or that were not delivered "
                           "within give_up_after, or whose service a reload removed. 'retry ID' puts one "
                           "back in the outbox (it goes with the service's key at that time); 'purge [ID...]' "
-                          "deletes the given ones, or all.")
+                          "deletes the given ones, or all. 'list' prints a table: id, when it failed (UTC), "
+                          "service, rule, dedup key, attempts, PagerDuty's HTTP status, and the reason with "
+                          "PagerDuty's answer.")
     dead.add_argument("action", choices=["list", "retry", "purge"])
     dead.add_argument("ids", nargs="*", type=int, metavar="ID")
     dead.add_argument("--json", action="store_true", help="list: print the rows as JSON lines")
@@ -177,18 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     sil_add.add_argument("--comment", default="", help="why (shown in list)")
     sil_add.add_argument("--created-by", default=os.environ.get("USER", ""),
                          help="who (default: $USER; when empty, the daemon records the token's name)")
-    sil_list = sil_sub.add_parser("list", parents=[api], help="list silences (expired ones for a week)")
+    sil_list = sil_sub.add_parser("list", parents=[api], help="list silences (expired ones for a week)",
+                                  description="A table of the silences, expired ones for a week: id, state, "
+                                  "until (UTC), covered, who, comment, match. " + COVERED_LEGEND)
     sil_list.add_argument("--json", action="store_true", help="print the silences as JSON lines")
     sil_exp = sil_sub.add_parser("expire", parents=[api], help="end silences now")
     sil_exp.add_argument("ids", nargs="+", type=int, metavar="ID")
     sil.set_defaults(func=cmd_silence)
 
-    st = sub.add_parser("send-test", parents=[api], help="page one service to prove its key works",
-                        description="Through the running daemon, send a test trigger to SERVICE and, after "
-                        "--resolve-after, its resolve. Check PagerDuty for the incident.")
+    st = sub.add_parser("send-test", parents=[api], help="page one service to prove its key",
+                        description="Through the running daemon, send a test trigger to SERVICE and wait for "
+                        "PagerDuty's answer. Accepted: prints PagerDuty's answer, queues the resolve (due "
+                        "--resolve-after after the request) and exits 0. Refused (a dead letter, which raises "
+                        "the dead-letter self-alert): prints PagerDuty's reason, queues no resolve, exits 1. "
+                        "Neither within --wait (PagerDuty unreachable, or answering 429/5xx): says the page is "
+                        "still queued and retried, exits 1.")
     st.add_argument("service", metavar="SERVICE")
     st.add_argument("--resolve-after", default="30s",
-                    help="resolve the test incident after this long; 0 leaves it open (default: %(default)s)")
+                    help="resolve the test incident this long after the request, once PagerDuty accepted it; 0 "
+                    "leaves it open (default: %(default)s)")
+    st.add_argument("--wait", default="30s",
+                    help="wait this long for PagerDuty's answer, at most 2m; 0 only queues the page and "
+                    "exits 0 (default: %(default)s)")
     st.set_defaults(func=cmd_send_test)
 
     imp = sub.add_parser("import", help="turn another tool's alerting configuration into a rule file",
@@ -362,7 +382,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None) -> dict | None:
+def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = None, *,
+         timeout: float = 30) -> dict | None:
     """Call the daemon's API; print the error and return None when it fails."""
     url = args.api.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
@@ -370,7 +391,7 @@ def _api(args: argparse.Namespace, method: str, path: str, body: dict | None = N
     if args.token:
         request.add_header("Authorization", f"Bearer {args.token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as exc:
         try:
@@ -397,13 +418,30 @@ def cmd_history(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    for r in rows:
-        status = r["status"] if r["status"] is not None else "-"
-        print(f"{r['sent']}  {r['outcome']:<17} {r['action']:<8} {r['service']:<16} {r['rule']:<24} "
-              f"{r['dedup_key']}  attempts={r['attempts']} status={status}")
     if not rows:
         print("no notifications", file=sys.stderr)
+        return 0
+    headers = ("TIME", "RULE", "SERVICE", "ACTION", "DEDUP KEY", "OUTCOME", "STATUS", "ATTEMPTS", "REASON")
+    for line in table(headers, ((_second(r["sent"]), r["rule"], r["service"], r["action"], r["dedup_key"],
+                                 r["outcome"], r["status"], r["attempts"], _reason(r)) for r in rows)):
+        print(line)
     return 0
+
+
+def _second(iso: str) -> str:
+    """An API time (ISO 8601 UTC with microseconds) to the second, for a table."""
+    return iso[:19] + "Z" if len(iso) > 20 else iso
+
+
+def _reason(row: dict) -> str:
+    """Why a history row or dead letter is what it is: a dead letter's reason and, when PagerDuty answered,
+    what it said; what a trigger was collapsed into; nothing for a delivered one."""
+    from engine.pagerduty import explain  # and aiohttp: only for the listings that show PagerDuty's answers
+
+    if row.get("reason"):
+        said = f"; PagerDuty said: {explain(row['response'])}" if row["status"] is not None else ""
+        return row["reason"] + said
+    return row["response"] if row.get("outcome") == "collapsed" else ""
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
@@ -411,12 +449,18 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         answer = _api(args, "GET", "/v1/dead-letters")
         if answer is None:
             return 1
-        for r in answer["dead_letters"]:
-            if args.json:
+        letters = answer["dead_letters"]
+        if args.json:
+            for r in letters:
                 print(json.dumps(r, ensure_ascii=False))
-            else:
-                print(f"{r['id']:>6}  {r['failed']}  {r['service']:<16} {r['rule']:<24} {r['dedup_key']}  "
-                      f"attempts={r['attempts']}  {r['reason']}")
+            return 0
+        if not letters:
+            print("no dead letters", file=sys.stderr)
+            return 0
+        headers = ("ID", "FAILED", "SERVICE", "RULE", "DEDUP KEY", "ATTEMPTS", "STATUS", "REASON")
+        for line in table(headers, ((r["id"], _second(r["failed"]), r["service"], r["rule"], r["dedup_key"],
+                                     r["attempts"], r["status"], _reason(r)) for r in letters)):
+            print(line)
         return 0
     if args.action == "retry":
         if not args.ids:
@@ -458,13 +502,20 @@ def cmd_silence(args: argparse.Namespace) -> int:
         answer = _api(args, "GET", "/v1/silences")
         if answer is None:
             return 1
-        for s in answer["silences"]:
-            if args.json:
+        silences = answer["silences"]
+        if args.json:
+            for s in silences:
                 print(json.dumps(s, ensure_ascii=False))
-            else:
-                state = "active " if s["active"] else "expired"
-                print(f"{s['id']:>5}  {state}  until {s['until']}  covered={s['covered']}  "
-                      f"{json.dumps(s['match'])}  {s['created_by']}: {s['comment']}")
+            return 0
+        if not silences:
+            print("no silences", file=sys.stderr)
+            return 0
+        headers = ("ID", "STATE", "UNTIL", "COVERED", "BY", "COMMENT", "MATCH")
+        for line in table(headers, ((s["id"], "active" if s["active"] else "expired", _second(s["until"]),
+                                     s["covered"], s["created_by"], s["comment"],
+                                     json.dumps(s["match"], ensure_ascii=False)) for s in silences)):
+            print(line)
+        print(COVERED_LEGEND)
         return 0
     failed = 0
     for ident in args.ids:
@@ -476,13 +527,36 @@ def cmd_silence(args: argparse.Namespace) -> int:
 
 
 def cmd_send_test(args: argparse.Namespace) -> int:
-    answer = _api(args, "POST", "/v1/test", {"service": args.service, "resolve_after": args.resolve_after})
-    if answer is None:
+    resolve_after, wait = _seconds(args.resolve_after), _seconds(args.wait)
+    body = {"service": args.service, "resolve_after": resolve_after, "wait": wait}
+    try:
+        timeout = parse_duration(wait) + 30
+    except ValueError:
+        timeout = 30  # the daemon says what is wrong with it
+    answer = _api(args, "POST", "/v1/test", body, timeout=timeout)
+    if answer is None:  # refused, still retrying, or not sent: the daemon's reason is printed
         return 1
-    after = answer["resolve_after"]
-    then = f"; its resolve follows in {after:g}s" if after else ""
-    print(f"test trigger queued for service {answer['service']} (dedup key {answer['dedup_key']}){then}")
+    service, dedup_key = answer["service"], answer["dedup_key"]
+    if answer["outcome"] == "queued":
+        print(f"test page queued for service {service} (dedup key {dedup_key}), not waiting for PagerDuty: "
+              f"see alert-engine history --service {service}; its resolve: {answer['resolve']}")
+    elif answer["status"] is None:
+        print(f"dry run: the test page for service {service} was written to the daemon's output, not sent "
+              f"(dedup key {dedup_key}); its resolve: {answer['resolve']}")
+    else:
+        said = answer["response"]
+        said = said if isinstance(said, str) else json.dumps(said, ensure_ascii=False)
+        print(f"PagerDuty accepted the test page for service {service}: HTTP {answer['status']} {said}")
+        print(f"dedup key {dedup_key}; its resolve: {answer['resolve']}")
     return 0
+
+
+def _seconds(text: str) -> str | float:
+    """A duration argument as the API takes it: a bare number (`0`) as seconds, anything else (`30s`) as given."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def cmd_import_sentry_plugin(args: argparse.Namespace) -> int:

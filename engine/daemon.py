@@ -30,12 +30,13 @@ from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake, Step
 from engine.logs import Redactor
 from engine.metrics import Registry
-from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve, test_page
+from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve
 from engine.reload import Loaded, ReloadResult, StartupError, load_rules
 from engine.render import Notification
 from engine.rules.load import fingerprint
 from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
+from engine.sendtest import SendTest, SendTestResult
 from engine.server import make_app
 from engine.silences import parse_silence, restore_silence
 from engine.sources import sentry
@@ -76,6 +77,7 @@ class Daemon:
         self.store: SQLiteStore
         self.deliverer: Deliverer
         self.intake: Intake
+        self.send_tests = SendTest(lambda pages, at: self.intake.enqueue(pages, at))
         self._stop = asyncio.Event()
         self._in_flight = 0
         self._drained = asyncio.Event()
@@ -130,7 +132,7 @@ class Daemon:
             self.store, service_key=self._service_key, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
             give_up_after=pd.give_up_after, rate_per_key=pd.rate_per_key, burst=pd.burst,
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
-            on_dead_letter=self._dead_lettered,
+            on_dead_letter=self._dead_lettered, on_outcome=self.send_tests.outcome,
         )
         self.intake = Intake(self.store, await self._load_state(), self.deliverer.notify, self.metrics,
                              max_notifications=self.config.ingest.max_notifications, guard=self._writable)
@@ -349,15 +351,11 @@ class Daemon:
         pages = dead_letter_alert(self._self_alert_services(), notification, reason, host=HOST, now=now)
         await self.intake.enqueue(pages, now)
 
-    async def send_test(self, service_name: str, resolve_after: float) -> str:
-        """A test trigger to one service, and its resolve `resolve_after` seconds later (0: none)."""
-        now = time.time()
-        trigger, resolve = test_page(self.ruleset.services[service_name], host=HOST, now=now)
-        await self.intake.enqueue([trigger], now)
-        if resolve_after > 0:
-            # due later, behind its trigger in the same chain: durable across restarts like any page
-            await self.intake.enqueue([resolve], now + resolve_after)
-        return trigger.dedup_key
+    async def send_test(self, service_name: str, resolve_after: float, wait: float) -> SendTestResult:
+        """A test trigger to one service and, once PagerDuty accepted it, its resolve `resolve_after`
+        seconds after the request (0: none); waits up to `wait` seconds for PagerDuty's answer."""
+        return await self.send_tests.send(self.ruleset.services[service_name], resolve_after=resolve_after,
+                                          wait=wait, host=HOST, now=time.time())
 
     async def retry_dead_letter(self, ident: int) -> int | None:
         new_id = await self.store.retry_dead_letter(ident, now=time.time())

@@ -30,6 +30,9 @@
   sends the head as it is. One log line when writes start failing, one when they work again.
 - Dry run: instead of POSTing, each notification is written as one JSON line (key masked) to a stream
   and completed into history as `delivered-dry-run`.
+- Outcomes: once the outcome of an attempt is recorded, `on_outcome(id, outcome)` is awaited with the
+  notification's outbox id: delivered (or written, in a dry run), dead-lettered, or retrying (the one
+  outcome that is not final). This is how a waiter (`send-test`) learns what became of a notification.
 """
 
 from __future__ import annotations
@@ -41,19 +44,41 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine.metrics import Registry
 from engine.pacing import Slots, TokenBucket
 from engine.pagerduty import DEFAULT_BASE_URL, Answer, Client, Verdict, classify
 from engine.render import Notification
-from engine.store import DELIVERED_DRY_RUN, OutboxEntry, StorageError, Store
+from engine.store import DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN, OutboxEntry, StorageError, Store
 
 log = logging.getLogger("alert_engine.deliver")
 
 CLAIM_LIMIT = 1024  # chain heads claimed at once (waiting for a token, a slot, or in flight)
 POLL_INTERVAL = 1.0  # seconds: the fallback look at the outbox when nothing woke us
 RECORD_RETRY_CAP = 10.0  # seconds: the longest wait between tries of a write the database refused
+RETRYING = "retrying"  # the outcome of a failed attempt that will be tried again
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What an attempt at a notification came to, as recorded: `outcome` is DELIVERED, DELIVERED_DRY_RUN,
+    DEAD_LETTERED (with its `reason`) or RETRYING; `status` and `response` are PagerDuty's answer (status
+    None: no answer, or a dry run)."""
+
+    outcome: str
+    status: int | None
+    response: str
+    reason: str = ""
+
+    @property
+    def final(self) -> bool:
+        return self.outcome != RETRYING
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome in (DELIVERED, DELIVERED_DRY_RUN)
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -72,8 +97,9 @@ class Deliverer:
     """Sends what the store holds until stopped. Call `notify()` after enqueueing to skip the poll.
 
     `service_key(name)` is the integration key of a service in the rule set serving now, None when it
-    has none. `on_dead_letter(notification, reason)` is awaited after each dead letter is recorded (its
-    errors are logged, never raised).
+    has none. `on_dead_letter(notification, reason)` is awaited after each dead letter is recorded, and
+    `on_outcome(id, outcome)` after every recorded outcome (module docstring); their errors are logged,
+    never raised.
     """
 
     def __init__(
@@ -94,6 +120,7 @@ class Deliverer:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_dead_letter: Callable[[Notification, str], Awaitable[None]] | None = None,
+        on_outcome: Callable[[int, DeliveryOutcome], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._service_key = service_key
@@ -108,6 +135,7 @@ class Deliverer:
         self._clock = clock
         self._rng = rng or random.Random()
         self._on_dead_letter = on_dead_letter
+        self._on_outcome = on_outcome
         self._buckets: dict[str, TokenBucket] = {}  # by integration key
         self._slots = Slots(concurrency, clock)  # by integration key, with the Retry-After pauses
         self._reads_failing = False  # the last look at the outbox failed (logged once)
@@ -280,6 +308,7 @@ class Deliverer:
             log.info("delivered (%s)", answer.describe(), extra=extra)
             await self._record(entry, lambda: self._store.complete(
                 entry, now=now, status=answer.status, response=answer.response))
+            await self._report(entry, DeliveryOutcome(DELIVERED, answer.status, answer.response))
             if entry.attempts:
                 await self._recovered(service, key, now)
             return
@@ -305,6 +334,7 @@ class Deliverer:
         log.warning("attempt failed (%s); retrying in %.3fs", answer.describe(), due - now, extra=extra)
         await self._record(entry, lambda: self._store.retry_later(
             entry, due=due, status=answer.status, response=answer.response))
+        await self._report(entry, DeliveryOutcome(RETRYING, answer.status, answer.response))
 
     async def _record(self, entry: OutboxEntry, write: Callable[[], Awaitable[None]]) -> None:
         """Run the write that records `entry`'s outcome and ends its lease. While the database refuses
@@ -362,6 +392,16 @@ class Deliverer:
                 await self._on_dead_letter(entry.notification, reason)
             except Exception:
                 log.exception("the dead letter hook failed", extra=extra)
+        await self._report(entry, DeliveryOutcome(DEAD_LETTERED, answer.status, answer.response, reason))
+
+    async def _report(self, entry: OutboxEntry, outcome: DeliveryOutcome) -> None:
+        """Tell `on_outcome` what became of `entry` (recorded already)."""
+        if self._on_outcome is None:
+            return
+        try:
+            await self._on_outcome(entry.id, outcome)
+        except Exception:
+            log.exception("the outcome hook failed", extra=_extra(entry))
 
     async def _write_dry_run(self, entry: OutboxEntry, key: str) -> None:
         assert self._dry_run is not None
@@ -381,3 +421,4 @@ class Deliverer:
         now = self._clock()
         await self._record(entry, lambda: self._store.complete(
             entry, now=now, status=None, response="", outcome=DELIVERED_DRY_RUN))
+        await self._report(entry, DeliveryOutcome(DELIVERED_DRY_RUN, None, ""))

@@ -148,12 +148,14 @@ class Intake:
             self._runner = loop.create_task(self._run(), name="alert-engine-intake")
         return await asyncio.shield(queued.future)
 
-    async def enqueue(self, notifications: Sequence[Notification], now: float) -> None:
-        """Commit notifications that change no alert state (self-alerts, test pages), due at `now`."""
+    async def enqueue(self, notifications: Sequence[Notification], now: float) -> list[int]:
+        """Commit notifications that change no alert state (self-alerts, test pages), due at `now`; their
+        outbox ids."""
         if not notifications:
-            return
-        await self._store.enqueue(notifications, now=now)
+            return []
+        ids = await self._store.enqueue(notifications, now=now)
         self._committed(notifications)
+        return ids
 
     async def _decide(self, ruleset: RuleSet, decisions: Callable[[float], Iterator[list[Decision]]]
                       ) -> list[Notification]:

@@ -1,4 +1,4 @@
-"""Pages the engine makes itself: self-alerts (a failed reload, a dead letter) and test pages.
+"""Pages the engine makes itself: self-alerts (a failed reload, a dead letter, storage) and test pages.
 
 Pure, like render: the daemon decides when, these say what, through the same render functions as
 every rule's pages (so the same limits, masking and v1/v2 shapes apply).
@@ -35,8 +35,8 @@ def self_resolve(services: Sequence[Service], dedup_key: str) -> list[Notificati
 
 def dead_letter_alert(services: Sequence[Service], notification: Notification, reason: str, *, host: str,
                       now: float) -> list[Notification]:
-    """The self-alert for a dead letter; none for a page the engine made itself (that could loop)."""
-    if notification.rule in (SELF_RULE, TEST_RULE):
+    """The self-alert for a dead letter, a refused test page too; none for a dead self-alert (that could loop)."""
+    if notification.rule == SELF_RULE:
         return []
     return self_alert(
         services,
@@ -50,9 +50,11 @@ def dead_letter_alert(services: Sequence[Service], notification: Notification, r
 
 
 def test_page(service: Service, *, host: str, now: float) -> tuple[Notification, Notification]:
-    """A test trigger for one service, and the resolve that closes it."""
-    dedup_key = f"alert-engine/send-test/{service.name}/{int(now)}"
-    summary = f"alert-engine test page for service {service.name}: the key works"
+    """A test trigger for one service, and the resolve that closes it. The summary claims nothing about the
+    key: it is written before PagerDuty has answered. The dedup key is one of its own (microseconds), so
+    that two tests never share an incident or wait behind each other."""
+    dedup_key = f"alert-engine/send-test/{service.name}/{int(now * 1_000_000)}"
+    summary = f"alert-engine test page for service {service.name}"
     rule = _rule(TEST_RULE, summary, dedup_key, "info", [service])
     event = {"source": "alert-engine send-test", "host": host}
     trigger = render(Match(rule, event), service, datetime.fromtimestamp(now, UTC))

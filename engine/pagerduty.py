@@ -5,6 +5,7 @@ key, and what the answer means. What to say is render's; when to say it (pacing,
   rate-limit answer), 408, 5xx, timeouts and connection errors are worth another try; any other answer
   is a refusal.
 - `parse_retry_after`: a `Retry-After` in delta seconds or as an HTTP date.
+- `explain`: what an answer's body says, in one line for people (dead letters, `send-test`).
 - `Client.send`: the stored body with the key put in (`render.with_key`); an answer that quotes the key
   comes back with it masked, so that it is never stored or shown.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import enum
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,6 +60,26 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     if moment.tzinfo is None:
         return None
     return max(0.0, moment.timestamp() - now)
+
+
+def explain(response: str, limit: int = 300) -> str:
+    """An answer's body in one line: PagerDuty's `message` and `errors` when it is PagerDuty's JSON
+    (`Event object is invalid: 'payload.summary' is missing or blank`), else the text with its whitespace
+    collapsed; at most `limit` characters."""
+    try:
+        data = json.loads(response)
+    except ValueError:
+        data = None
+    said = ""
+    if isinstance(data, dict):
+        message = data.get("message")
+        errors = data.get("errors")
+        parts = [message] if isinstance(message, str) and message.strip() else []
+        if isinstance(errors, list):
+            parts.append("; ".join(str(e) for e in errors if e not in (None, "")))
+        said = ": ".join(p for p in parts if p)
+    said = " ".join((said or response).split())
+    return said if len(said) <= limit else said[:limit - 1] + "…"
 
 
 @dataclass(frozen=True)

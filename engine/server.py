@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from engine.config import ADMIN, EVENTS, READ, ApiToken
+from engine.deliver import RETRYING
 from engine.intake import RequestTooLarge
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from engine.request_body import RequestError, read_body, too_large
+from engine.sendtest import DEFAULT_WAIT, MAX_WAIT
 from engine.silences import SilenceError
 from engine.sources import sentry, sentry_auth
 from engine.sources.events import EventError, parse_events
@@ -302,23 +304,50 @@ async def purge_dead_letters(request: web.Request) -> web.Response:
 
 
 async def send_test(request: web.Request) -> web.Response:
+    """A test page: 200 once PagerDuty accepted it, 502 when it refused it (a dead letter), 504 when it has
+    done neither within `wait` (still queued, retried); 202 without waiting (`wait` 0)."""
     daemon = request.app[DAEMON]
     raw = await _body(request)
     try:
         body = loads(raw)
         service = body["service"]
         resolve_after = parse_duration(body.get("resolve_after", 0))
+        wait = parse_duration(body.get("wait", DEFAULT_WAIT))
         if not isinstance(service, str):
             raise ValueError("'service' must be a string")
         if not math.isfinite(resolve_after):
             raise ValueError("'resolve_after' is too long")
+        if not 0 <= wait <= MAX_WAIT:
+            raise ValueError(f"'wait' must be from 0 to {MAX_WAIT:g}s")
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: an integer past a float
-        return error(400, f'expected {{"service": NAME, "resolve_after": "30s"}}: {exc}')
+        return error(400, f'expected {{"service": NAME, "resolve_after": "30s", "wait": "30s"}}: {exc}')
     if service not in daemon.ruleset.services:
         return error(404, f"unknown service {service!r}", services=sorted(daemon.ruleset.services))
-    dedup_key = await daemon.send_test(service, resolve_after)
-    return web.json_response({"service": service, "dedup_key": dedup_key, "resolve_after": resolve_after},
-                             status=202)
+    result = await daemon.send_test(service, resolve_after, wait)
+    answer: dict[str, Any] = {"service": service, "dedup_key": result.dedup_key, "resolve_after": resolve_after,
+                              "resolve": result.resolve}
+    outcome = result.outcome
+    if outcome is None:
+        if not wait:
+            return web.json_response({**answer, "outcome": "queued"}, status=202)
+        last = result.last
+        return web.json_response({"error": f"{result.still_queued(wait)}; its resolve: {result.resolve}", **answer,
+                                  "outcome": RETRYING,
+                                  "status": last.status if last else None,
+                                  "response": _answer(last.response) if last else None}, status=504)
+    seen = {"outcome": outcome.outcome, "status": outcome.status, "response": _answer(outcome.response)}
+    if not outcome.delivered:
+        return web.json_response({"error": f"{result.refusal()}; its resolve: {result.resolve}", **answer, **seen,
+                                  "reason": outcome.reason}, status=502)
+    return web.json_response({**answer, **seen})
+
+
+def _answer(response: str) -> Any:
+    """PagerDuty's answer as it sent it: JSON when it is JSON, else the text."""
+    try:
+        return loads(response.encode())
+    except JsonError:
+        return response
 
 
 async def add_silence(request: web.Request) -> web.Response:

@@ -295,3 +295,16 @@ def test_check_config_reads_the_tokens_file_and_allow_missing_secrets_makes_a_mi
     assert old_format.returncode == 0
     assert f"{tmp_path / 'tokens'}:2:1: warning: a token without scopes may only send events" in old_format.stderr
     assert not any("tok-" in p.stderr + p.stdout for p in (missing, allowed, bad, old_format))
+
+
+def test_the_readmes_checkout_commands_that_need_no_daemon_work_from_the_checkout():
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Run it from a checkout", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].split() for line in block.splitlines()]
+    assert all(c[0] == ".venv/bin/alert-engine" for c in commands)  # the path a checkout has, as written
+    offline = [c[1:] for c in commands if c[1] in ("--help", "check")]
+    assert len(offline) == 2
+    for args in offline:
+        proc = run(*args, cwd=REPO)
+        assert proc.returncode == 0, (args, proc.stderr)

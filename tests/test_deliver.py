@@ -8,10 +8,10 @@ import time
 import pytest
 from yarl import URL
 
-from engine.deliver import Deliverer, backoff
+from engine.deliver import RETRYING, Deliverer, DeliveryOutcome, backoff
 from engine.metrics import Registry
 from engine.pagerduty import env_proxy
-from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN
+from engine.store import COLLAPSED, DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN
 from engine.store.sqlite import SQLiteStore
 from tests.conftest import Reply, accept_writes, refuse_writes, service_key
 
@@ -171,9 +171,47 @@ async def test_bad_request_is_dead_lettered_at_once_with_the_response(
     assert (dead.status, dead.attempts, dead.reason) == (400, 1, "PagerDuty rejected it: HTTP 400")
     assert json.loads(dead.response)["message"] == "Event object is invalid"
     assert dead.body == n.body  # as stored: no key
-    assert await store.history() == []
+    assert [h.outcome for h in await store.history()] == [DEAD_LETTERED]  # in the log, as a dead letter
     dead_lettered = registry.counter("alert_engine_notifications_dead_lettered_total", "", ["service"])
     assert dead_lettered.get(service="db") == 1
+
+
+async def test_every_recorded_outcome_is_reported_by_outbox_id(store, fake_pagerduty, deliverer, notification):
+    reported: list[tuple[int, DeliveryOutcome]] = []
+
+    async def on_outcome(ident, outcome):
+        assert ident not in [i for i, o in reported if o.final]  # a final outcome is the last one
+        reported.append((ident, outcome))
+
+    fake_pagerduty.fail_next(1, status=503, dedup_key="retried")
+    fake_pagerduty.fail_next(1, status=400, dedup_key="refused")
+    running = await deliverer(on_outcome=on_outcome)
+    retried, refused, accepted = await enqueue(
+        store, running, *(notification(dedup_key=k) for k in ("retried", "refused", "accepted")))
+    await idle(running)
+    by_id: dict[int, list[DeliveryOutcome]] = {}
+    for ident, outcome in reported:
+        by_id.setdefault(ident, []).append(outcome)
+    assert [(o.outcome, o.status, o.final) for o in by_id[retried]] == [(RETRYING, 503, False),
+                                                                        (DELIVERED, 202, True)]
+    [dead] = by_id[refused]
+    assert (dead.outcome, dead.status, dead.reason, dead.delivered) == (
+        DEAD_LETTERED, 400, "PagerDuty rejected it: HTTP 400", False)
+    assert json.loads(dead.response)["message"] == "Event object is invalid"
+    [ok] = by_id[accepted]
+    assert ok.delivered and json.loads(ok.response)["dedup_key"] == "accepted"
+
+
+async def test_a_failing_outcome_hook_is_logged_and_delivery_goes_on(store, fake_pagerduty, deliverer, notification,
+                                                                      caplog):
+    async def on_outcome(ident, outcome):
+        raise RuntimeError("hook broke")
+
+    running = await deliverer(on_outcome=on_outcome)
+    await enqueue(store, running, notification(dedup_key="a"), notification(dedup_key="b"))
+    await idle(running)
+    assert sorted(h.dedup_key for h in await store.history()) == ["a", "b"]
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["the outcome hook failed"] * 2
 
 
 async def test_give_up_after_dead_letters_with_the_last_answer(
@@ -453,7 +491,9 @@ async def test_a_page_sent_while_the_database_refuses_writes_is_not_sent_again_a
     sent = sorted((r.body["dedup_key"], r.status) for r in fake_pagerduty.requests)
     assert sent == sorted([("ok-1", 202), ("ok-2", 202), ("ok-3", 202), ("failing", 500), ("failing", 202),
                            ("refused", 400)])
-    assert sorted(h.dedup_key for h in await store.history()) == ["failing", "ok-1", "ok-2", "ok-3"]
+    assert sorted((h.dedup_key, h.outcome) for h in await store.history()) == [
+        ("failing", DELIVERED), ("ok-1", DELIVERED), ("ok-2", DELIVERED), ("ok-3", DELIVERED),
+        ("refused", DEAD_LETTERED)]
     assert [d.dedup_key for d in await store.dead_letters()] == ["refused"]
     errors = [r for r in caplog.records if r.name == "alert_engine.deliver" and r.levelno >= logging.ERROR
               and "refuses writes" in r.getMessage()]

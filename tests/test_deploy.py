@@ -1,4 +1,5 @@
-"""deploy/: the systemd unit carries the settings the daemon relies on, and engine.yaml is the documented config.
+"""deploy/: the systemd unit carries the settings the daemon relies on, engine.yaml is the documented config, and
+the first rule file starts it with one key.
 
 With `systemd-analyze` on PATH (CI installs it) the unit is also verified and its exposure scored by systemd
 itself; without it those two tests are skipped.
@@ -6,6 +7,7 @@ itself; without it those two tests are skipped.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -183,3 +185,37 @@ def test_systemd_analyze_security_scores_the_unit_as_well_hardened() -> None:
     if "--offline" in done.stderr and done.returncode != 0 and "Overall exposure" not in done.stdout:
         pytest.skip(f"this systemd-analyze cannot score a unit file offline: {done.stderr.strip()}")
     assert done.returncode == 0, done.stdout[-400:] + done.stderr  # exposure above 2.0 (of 10) fails
+
+
+FIRST_RULES = DEPLOY / "rules" / "first.yaml"
+PLACEHOLDER_KEY = "0123456789abcdef0123456789abcdef"  # 32 characters, like PagerDuty's keys
+
+
+def _alert_engine(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`alert-engine ARGS` with only the key variables in `env` (none inherited)."""
+    exe = Path(sys.executable).with_name("alert-engine")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
+    return subprocess.run([str(exe), *args], input=stdin, capture_output=True, text=True, env={**clean, **env},
+                          timeout=60)
+
+
+def test_the_first_rule_file_starts_the_example_config_with_one_key(tmp_path: Path) -> None:
+    config = yaml.safe_load(CONFIG.read_text())
+    config.update(rules=[str(FIRST_RULES.parent)], state_dir=str(tmp_path / "state"))
+    del config["ingest"]["tokens_file"]  # a credential only the running unit has
+    first = tmp_path / "engine.yaml"
+    first.write_text(yaml.safe_dump(config))
+
+    ok = _alert_engine("check", "--config", str(first), env={"PD_SRE_KEY": PLACEHOLDER_KEY})
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, f"ok: {first}; 1 rule, 1 service in 1 file\n", "")
+    missing = _alert_engine("check", "--config", str(first), env={})
+    assert missing.returncode == 1
+    assert "PD_SRE_KEY" in missing.stderr and missing.stderr.count("environment variable") == 1
+
+
+def test_the_first_rule_pages_sre_for_a_critical_event() -> None:
+    event = '{"level": "critical", "service": "web", "host": "web-1", "message": "disk full"}'
+    done = _alert_engine("eval", str(FIRST_RULES), "--events", "-", env={"PD_SRE_KEY": PLACEHOLDER_KEY}, stdin=event)
+    [page] = [json.loads(line) for line in done.stdout.splitlines()]
+    assert (page["service"], page["body"]["dedup_key"]) == ("sre", "critical-events/web/web-1")
+    assert page["body"]["payload"]["summary"] == "web on web-1: disk full"

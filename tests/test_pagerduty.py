@@ -2,7 +2,7 @@ import email.utils
 
 import pytest
 
-from engine.pagerduty import Verdict, classify, parse_retry_after
+from engine.pagerduty import Verdict, classify, explain, parse_retry_after
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,26 @@ def test_parse_retry_after_seconds_and_http_date():
     assert parse_retry_after(None, now) is None
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("-5", now) is None
+
+
+@pytest.mark.parametrize(
+    ("response", "said"),
+    [
+        ('{"status": "invalid event", "message": "Event object is invalid", "errors": ["\'payload.summary\' is '
+         'missing or blank", "Length of \'routing_key\' is incorrect (should be 32 characters)"]}',
+         "Event object is invalid: 'payload.summary' is missing or blank; Length of 'routing_key' is incorrect "
+         "(should be 32 characters)"),
+        ('{"status": "success", "message": "Event processed"}', "Event processed"),
+        ('{"errors": ["Service key is the wrong length"]}', "Service key is the wrong length"),
+        ('{"status": "unrecognized"}', '{"status": "unrecognized"}'),
+        ("<html>\n  <body>Bad Gateway</body>\n</html>", "<html> <body>Bad Gateway</body> </html>"),
+        ("no answer within 10s", "no answer within 10s"),
+        ("", ""),
+    ],
+)
+def test_explain_gives_pagerdutys_message_and_errors_in_one_line(response, said):
+    assert explain(response) == said
+
+
+def test_explain_is_bounded():
+    assert explain("x" * 1000, limit=10) == "x" * 9 + "…"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN, StorageError, fold_collapsed_count
+from engine.store import COLLAPSED, DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN, StorageError, fold_collapsed_count
 from engine.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.conftest import accept_writes, refuse_writes, write_old_database
 
@@ -272,6 +272,34 @@ async def test_history_filters_newest_first(store, notification):
     assert len(await store.history(limit=1)) == 1
 
 
+async def test_history_includes_the_dead_letters_with_their_reason_under_the_same_filters(store, notification):
+    outcomes = [("r1", "db", "deliver"), ("r1", "web", "bury"), ("r2", "db", "deliver"), ("r2", "db", "bury")]
+    for i, (rule, service, outcome) in enumerate(outcomes):
+        await store.enqueue([notification(rule=rule, service=service, dedup_key=f"k{i}")], now=NOW)
+        [entry] = await store.claim(now=NOW, limit=1)
+        if outcome == "deliver":
+            await store.complete(entry, now=NOW + i, status=202, response="ok")
+        else:
+            await store.dead_letter(entry, now=NOW + i, reason="PagerDuty rejected it: HTTP 400", status=400,
+                                    response='{"message": "Event object is invalid"}')
+    rows = await store.history()
+    assert [(h.dedup_key, h.outcome, h.sent) for h in rows] == [
+        ("k3", DEAD_LETTERED, NOW + 3), ("k2", DELIVERED, NOW + 2), ("k1", DEAD_LETTERED, NOW + 1),
+        ("k0", DELIVERED, NOW)]
+    dead = rows[0]
+    assert (dead.reason, dead.status, dead.attempts) == ("PagerDuty rejected it: HTTP 400", 400, 1)
+    assert dead.response == '{"message": "Event object is invalid"}' and dead.body == notification(
+        rule="r2", dedup_key="k3").body
+    assert rows[1].reason == ""
+    assert [h.dedup_key for h in await store.history(rule="r1")] == ["k1", "k0"]
+    assert [h.dedup_key for h in await store.history(service="db")] == ["k3", "k2", "k0"]
+    assert [h.dedup_key for h in await store.history(since=NOW + 1)] == ["k3", "k2", "k1"]
+    assert [h.dedup_key for h in await store.history(limit=2)] == ["k3", "k2"]
+    # a dead letter retried (or purged) is no longer one
+    assert await store.retry_dead_letter(rows[0].id, now=NOW + 4) is not None
+    assert [h.dedup_key for h in await store.history()] == ["k2", "k1", "k0"]
+
+
 async def test_prune_history_drops_rows_older_than_retention(store, notification):
     for i, sent in enumerate((NOW - 8 * 86400, NOW - 86400)):
         await store.enqueue([notification(dedup_key=f"k{i}")], now=sent)
@@ -436,7 +464,7 @@ async def test_opening_an_older_database_strips_every_stored_key_from_rows_and_f
         claimed = sorted(await store.claim(now=2, limit=10), key=lambda e: e.id)
         assert [e.notification for e in claimed] == queued  # the rest of every body as it was
         assert [json.loads(e.payload) for e in claimed] == [n.body for n in queued]
-        assert [h.body for h in await store.history()][::-1] == [n.body for n in queued]
+        assert [h.body for h in await store.history() if h.outcome == DELIVERED][::-1] == [n.body for n in queued]
         assert [d.body for d in await store.dead_letters()] == [n.body for n in queued]
     finally:
         await store.close()

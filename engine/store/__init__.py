@@ -16,6 +16,9 @@ The contract every backend keeps:
   leaves the claimed entry as it was.
 - A notification leaves the outbox only in the same transaction that writes it to history or to the
   dead letters.
+- `history` is what left the outbox, whichever way: the history rows (delivered, collapsed) and the dead
+  letters kept (outcome DEAD_LETTERED, time `failed`, with their reason), in one list, newest first. A
+  dead letter retried or purged is no longer in it.
 - No row holds a service key: bodies are stored as render makes them, without one (delivery adds the
   current key at send time), and opening a database of an older version strips the keys it kept.
 
@@ -40,6 +43,7 @@ DEFAULT_HISTORY_RETENTION = 7 * 24 * 3600.0  # seconds
 DELIVERED = "delivered"
 DELIVERED_DRY_RUN = "delivered-dry-run"
 COLLAPSED = "collapsed"
+DEAD_LETTERED = "dead-lettered"  # in `history`: a dead letter still kept
 
 
 class StorageError(Exception):
@@ -61,7 +65,7 @@ class OutboxEntry:
 
 @dataclass(frozen=True)
 class HistoryEntry:
-    """One notification that left the outbox delivered (or folded into one that was)."""
+    """One notification that left the outbox: delivered, folded into one that was, or dead-lettered."""
 
     id: int
     rule: str
@@ -69,14 +73,15 @@ class HistoryEntry:
     api: str
     action: str
     dedup_key: str
-    outcome: str  # DELIVERED, DELIVERED_DRY_RUN or COLLAPSED
+    outcome: str  # DELIVERED, DELIVERED_DRY_RUN, COLLAPSED or DEAD_LETTERED
     attempts: int
     collapsed: int
     created: float
-    sent: float
-    status: int | None  # PagerDuty's HTTP status; None for dry runs and collapsed ones
+    sent: float  # when it left the outbox (a dead letter: when it failed)
+    status: int | None  # PagerDuty's HTTP status; None for dry runs and collapsed ones, or without an answer
     response: str  # PagerDuty's response body, or what it was collapsed into
     body: dict[str, Any]  # as stored: without the service key
+    reason: str = ""  # why a dead letter is one (DeadLetter.reason); empty for the others
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,8 @@ class Store(Protocol):
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        """The notification log, newest first."""
+        """The notification log, dead letters included (module docstring), newest first; `since` and
+        `limit` apply to the whole list."""
         ...
 
     async def prune_history(self, *, now: float, retention: float = DEFAULT_HISTORY_RETENTION) -> int:

@@ -28,6 +28,7 @@ from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
     COLLAPSED,
+    DEAD_LETTERED,
     DEFAULT_HISTORY_RETENTION,
     DELIVERED,
     DeadLetter,
@@ -398,17 +399,22 @@ class SQLiteStore:
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        where, params = ["1"], []
-        for column, value in (("rule = ?", rule), ("service = ?", service), ("sent >= ?", since)):
-            if value is not None:
-                where.append(column)
-                params.append(value)
+        def where(time: str) -> tuple[str, list[Any]]:
+            filters = (("rule = ?", rule), ("service = ?", service), (f"{time} >= ?", since))
+            kept = [(column, value) for column, value in filters if value is not None]
+            return " AND ".join(["1", *(column for column, _ in kept)]), [value for _, value in kept]
+
+        delivered, delivered_params = where("sent")
+        dead, dead_params = where("failed")
 
         def select(db: sqlite3.Connection) -> list[HistoryEntry]:
             rows = db.execute(
-                f"SELECT id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, status, response "
-                f"FROM history WHERE {' AND '.join(where)} ORDER BY sent DESC, id DESC LIMIT ?",
-                (*params, limit),
+                f"SELECT id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, status, response, "
+                f"'' FROM history WHERE {delivered} "
+                f"UNION ALL SELECT id, {_NOTIFICATION}, ?, attempts, collapsed, created, failed, status, response, "
+                f"reason FROM dead_letters WHERE {dead} "
+                "ORDER BY sent DESC, id DESC LIMIT ?",
+                (*delivered_params, DEAD_LETTERED, *dead_params, limit),
             ).fetchall()
             return [HistoryEntry(**_fields(HistoryEntry, row), body=_body(row)) for row in rows]
 

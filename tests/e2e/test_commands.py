@@ -1,4 +1,5 @@
-"""The operator's commands end to end (`check --config`, `history`, `dead-letters`, `send-test`) as real
+"""The operator's commands end to end (`check --config`, `history`, `dead-letters`, `send-test`, `silence
+list`) as real
 subprocesses against a real daemon, and the daemon's remaining lifecycle: the watchdog, reload on a
 changed file, 503 while shutting down, self-alerts on dead letters. No key in anything they print."""
 
@@ -6,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import V1_PATH, V2_PATH, FakePagerDuty, service_key
+from tests.conftest import V1_PATH, V2_PATH, FakePagerDuty, Reply, service_key
 from tests.e2e.conftest import KEY_ENV, CliRun, Daemon, free_port, run_cli
 
 RULES = """\
@@ -90,6 +92,19 @@ def by_dedup_key(fake: FakePagerDuty) -> dict[str, list[Any]]:
     return out
 
 
+def table_rows(stdout: str) -> list[dict[str, str]]:
+    """A table the CLI printed, as one dict a row by its headers (columns start where their header does)."""
+    header, *lines = stdout.splitlines()
+    names = re.findall(r"\S+(?: \S+)*", header)
+    starts = [header.index(name) for name in names]
+    bounds = list(zip(starts, [*starts[1:], None], strict=True))
+    return [{name: line[a:b].strip() for name, (a, b) in zip(names, bounds, strict=True)} for line in lines]
+
+
+WHEN = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")  # UTC, to the second
+INVALID = "Event object is invalid: 'payload.summary' is missing or blank"  # what the fake's 400 says
+
+
 async def dead_letter_for(daemon: Daemon, dedup_key: str, token: str | None = None) -> dict[str, Any]:
     answer = await daemon.poll(
         "/v1/dead-letters", lambda a: any(d["dedup_key"] == dedup_key for d in a["dead_letters"]), token=token)
@@ -143,8 +158,10 @@ async def test_check_config_validates_the_config_its_rules_tokens_and_self_alert
 
 # -- history -------------------------------------------------------------------------------------------
 
-async def test_history_lists_deliveries_filtered_by_rule_service_and_time(procs, fake_pagerduty):
+async def test_history_lists_deliveries_and_dead_letters_in_a_table_filtered_by_rule_service_and_time(
+        procs, fake_pagerduty):
     daemon = await procs.daemon(RULES)
+    fake_pagerduty.fail_next(1, 400, dedup_key="disk/db-1")
     await daemon.post_events([{"service": "payments", "status": 503, "host": "web-1"},
                               {"type": "disk", "host": "db-1"}])
     await fake_pagerduty.wait_for(3)
@@ -158,17 +175,29 @@ async def test_history_lists_deliveries_filtered_by_rule_service_and_time(procs,
         procs.api(daemon, "history", "--since", future),
         procs.cli("history", "--api", f"http://127.0.0.1:{free_port()}"),
     )
-    lines = table.stdout.splitlines()
-    assert table.returncode == 0 and len(lines) == 3
-    assert all(" delivered " in line and " trigger " in line and "attempts=1" in line for line in lines)
-    assert {line.split()[3] for line in lines} == {"pay", "ops", "sre"}  # time outcome action service rule
-    [disk] = by_rule.stdout.splitlines()
-    assert disk.split()[3:6] == ["sre", "disk", "disk/db-1"] and disk.endswith("status=202")
-    [ops] = by_service.stdout.splitlines()
-    assert ops.split()[3:6] == ["ops", "pay-5xx", "pay-5xx/web-1"] and ops.endswith("status=200")
+    assert table.returncode == 0
+    assert table.stdout.splitlines()[0].split("  ")[0] == "TIME"
+    rows = table_rows(table.stdout)
+    assert list(rows[0]) == ["TIME", "RULE", "SERVICE", "ACTION", "DEDUP KEY", "OUTCOME", "STATUS", "ATTEMPTS",
+                             "REASON"]
+    assert all(WHEN.match(r["TIME"]) for r in rows)
+    by_service_name = {r["SERVICE"]: r for r in rows}
+    shown = ("RULE", "ACTION", "DEDUP KEY", "OUTCOME", "STATUS", "ATTEMPTS", "REASON")
+    assert {name: tuple(r[k] for k in shown) for name, r in by_service_name.items()} == {
+        "pay": ("pay-5xx", "trigger", "pay-5xx/web-1", "delivered", "202", "1", ""),
+        "ops": ("pay-5xx", "trigger", "pay-5xx/web-1", "delivered", "200", "1", ""),
+        "sre": ("disk", "trigger", "disk/db-1", "dead-lettered", "400", "1",
+                f"PagerDuty rejected it: HTTP 400; PagerDuty said: {INVALID}"),
+    }
+    [disk] = table_rows(by_rule.stdout)
+    assert (disk["SERVICE"], disk["OUTCOME"]) == ("sre", "dead-lettered")
+    [ops] = table_rows(by_service.stdout)
+    assert (ops["RULE"], ops["DEDUP KEY"], ops["STATUS"]) == ("pay-5xx", "pay-5xx/web-1", "200")
     rows = [json.loads(line) for line in as_json.stdout.splitlines()]
-    assert sorted((r["service"], r["rule"], r["api"], r["status"]) for r in rows) == [
-        ("ops", "pay-5xx", "v1", 200), ("pay", "pay-5xx", "v2", 202), ("sre", "disk", "v2", 202)]
+    assert sorted((r["service"], r["rule"], r["api"], r["status"], r["outcome"]) for r in rows) == [
+        ("ops", "pay-5xx", "v1", 200, "delivered"), ("pay", "pay-5xx", "v2", 202, "delivered"),
+        ("sre", "disk", "v2", 400, "dead-lettered")]
+    assert [r["reason"] for r in rows if r["service"] == "sre"] == ["PagerDuty rejected it: HTTP 400"]
     assert all("routing_key" not in r["body"] and "service_key" not in r["body"] for r in rows)  # kept keyless
     assert (none_since.returncode, none_since.stdout) == (0, "")
     assert "no notifications" in none_since.stderr
@@ -197,10 +226,13 @@ async def test_dead_letters_list_with_read_and_retry_purge_with_admin(procs, fak
         procs.api(daemon, "dead-letters", "purge", ident, "--token", TOKEN),
         procs.api(daemon, "dead-letters", "purge", env={"ALERT_ENGINE_TOKEN": READER}),
     )
-    [line] = listed.stdout.splitlines()
+    [row] = table_rows(listed.stdout)
     assert listed.returncode == 0
-    assert line.split()[0] == ident and line.split()[2:5] == ["sre", "disk", "disk/a"]
-    assert line.endswith("attempts=1  PagerDuty rejected it: HTTP 400")
+    assert list(row) == ["ID", "FAILED", "SERVICE", "RULE", "DEDUP KEY", "ATTEMPTS", "STATUS", "REASON"]
+    assert (row["ID"], row["SERVICE"], row["RULE"], row["DEDUP KEY"], row["ATTEMPTS"], row["STATUS"]) == (
+        ident, "sre", "disk", "disk/a", "1", "400")
+    assert WHEN.match(row["FAILED"])
+    assert row["REASON"] == f"PagerDuty rejected it: HTTP 400; PagerDuty said: {INVALID}"  # PagerDuty's reason
     [row] = [json.loads(x) for x in as_json.stdout.splitlines()]  # admin includes read
     assert "routing_key" not in row["body"] and row["status"] == 400
     assert row["reason"] == "PagerDuty rejected it: HTTP 400"
@@ -230,7 +262,7 @@ async def test_dead_letters_list_with_read_and_retry_purge_with_admin(procs, fak
                              env={"ALERT_ENGINE_TOKEN": ADMIN})
     assert (purged.returncode, purged.stdout) == (0, "purged 1 dead letter\n")
     empty = await procs.api(daemon, "dead-letters", "list", "--token", READER)
-    assert (empty.returncode, empty.stdout) == (0, "")
+    assert (empty.returncode, empty.stdout) == (0, "") and "no dead letters" in empty.stderr
     assert await daemon.stop() == 0
     log = daemon.output()
     assert f"POST /v1/dead-letters/{ident}/retry by token 'oncall': HTTP 200" in log
@@ -241,7 +273,8 @@ async def test_dead_letters_list_with_read_and_retry_purge_with_admin(procs, fak
 
 # -- send-test -----------------------------------------------------------------------------------------
 
-async def test_send_test_triggers_then_resolves_on_v2_and_v1_and_refuses_unknown_services(procs, fake_pagerduty):
+async def test_send_test_prints_pagerdutys_answer_then_resolves_on_v2_and_v1_and_refuses_unknown_services(
+        procs, fake_pagerduty):
     daemon = await procs.daemon(RULES)
     asked = time.monotonic()
     sre, ops, unknown = await asyncio.gather(
@@ -250,7 +283,10 @@ async def test_send_test_triggers_then_resolves_on_v2_and_v1_and_refuses_unknown
         procs.api(daemon, "send-test", "nope"),
     )
     assert sre.returncode == 0 and ops.returncode == 0
-    assert "test trigger queued for service sre" in sre.stdout and "its resolve follows in 1s" in sre.stdout
+    assert sre.stdout.startswith('PagerDuty accepted the test page for service sre: HTTP 202 {"status": "success", '
+                                 '"message": "Event processed", "dedup_key": "alert-engine/send-test/sre/')
+    assert ops.stdout.startswith("PagerDuty accepted the test page for service ops: HTTP 200 ")
+    assert "its resolve: queued: due 1s after the request" in sre.stdout
     assert unknown.returncode == 1 and "HTTP 404: unknown service 'nope'" in unknown.stderr
     assert unknown.stdout == "" and MASKED not in unknown.stderr
     await fake_pagerduty.wait_for(4, timeout=10)
@@ -265,6 +301,86 @@ async def test_send_test_triggers_then_resolves_on_v2_and_v1_and_refuses_unknown
         assert (trigger.body[action], resolve.body[action]) == ("trigger", "resolve")
         assert resolve.at > trigger.at
         assert resolve.at - asked >= 1.0  # due 1 s after the request, however late the trigger went
+    assert await daemon.stop() == 0
+
+
+async def test_send_test_of_a_refused_key_exits_1_with_pagerdutys_reason_no_resolve_and_a_self_alert(
+        procs, fake_pagerduty):
+    daemon = await procs.daemon(RULES, self_alerts={"services": ["sre"]})
+    await fake_pagerduty.wait_for(1)  # start-up resolves any reload-failed alert
+    fake_pagerduty.fail_next(1, 400)  # the next request: the test page
+    refused = await procs.api(daemon, "send-test", "ops", "--resolve-after", "1s")
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert (f"HTTP 502: PagerDuty refused the test page: HTTP 400: {INVALID}; its resolve: not queued: PagerDuty "
+            "did not take the trigger") in refused.stderr
+    # the dead letter pages the self-alert services like any other (and no resolve follows the refused trigger)
+    await fake_pagerduty.wait_for(3)
+    [test_key] = [k for k in by_dedup_key(fake_pagerduty) if "/send-test/ops/" in k]
+    [alert] = by_dedup_key(fake_pagerduty)["alert-engine/dead-letter/ops"]
+    assert alert.body["routing_key"] == service_key("sre")
+    details = alert.body["payload"]["custom_details"]
+    assert (details["rule"], details["dedup_key"]) == ("alert-engine:send-test", test_key)
+    history, letters = await asyncio.gather(procs.api(daemon, "history", "--rule", "alert-engine:send-test"),
+                                            procs.api(daemon, "dead-letters", "list"))
+    [row] = table_rows(history.stdout)
+    assert (row["DEDUP KEY"], row["OUTCOME"], row["STATUS"]) == (test_key, "dead-lettered", "400")
+    [letter] = table_rows(letters.stdout)
+    assert letter["REASON"].endswith(INVALID)
+    assert await daemon.stop() == 0  # a clean stop sends whatever is due: no resolve was queued
+    assert [r.body["event_type"] for r in by_dedup_key(fake_pagerduty)[test_key]] == ["trigger"]
+
+
+async def test_send_test_not_answered_within_wait_exits_1_and_resolves_once_delivered(procs, fake_pagerduty):
+    daemon = await procs.daemon(RULES)
+    fake_pagerduty.fail_next(1, 500)
+    fake_pagerduty.reply_next(Reply(202, {"status": "success"}, delay=1.5))  # the retry, answered late
+    late = await procs.api(daemon, "send-test", "sre", "--wait", "1s", "--resolve-after", "0.1s")
+    assert late.returncode == 1 and late.stdout == ""
+    assert ("HTTP 504: PagerDuty has not accepted the test page within 1s (the last attempt got HTTP 500: HTTP "
+            "500): it is still queued and will be retried") in late.stderr
+    assert "; its resolve: queued once PagerDuty accepts the trigger, due 0.1s after the request" in late.stderr
+    received = await fake_pagerduty.wait_for(3, timeout=10)
+    assert [(r.body["event_action"], r.status) for r in received] == [
+        ("trigger", 500), ("trigger", 202), ("resolve", 202)]
+    too_long = await procs.api(daemon, "send-test", "sre", "--wait", "1h")
+    assert too_long.returncode == 1 and "HTTP 400" in too_long.stderr and "'wait' must be from 0 to 120s" in \
+        too_long.stderr
+    queued = await procs.api(daemon, "send-test", "sre", "--wait", "0", "--resolve-after", "0")
+    assert queued.returncode == 0 and queued.stdout.startswith("test page queued for service sre (dedup key ")
+    assert "its resolve: none asked for" in queued.stdout
+    [page] = (await fake_pagerduty.wait_for(4))[3:]
+    assert page.body["dedup_key"] in queued.stdout
+    assert await daemon.stop() == 0
+
+
+# -- silence list --------------------------------------------------------------------------------------
+
+async def test_silence_list_says_what_covered_counts_and_counts_it(procs):
+    rules = RULES + """\
+  - name: flapping
+    match: {field: type, equals: flap}
+    services: [sre, pay]
+    threshold: {count: 3, window: 1m}
+"""
+    daemon = await procs.daemon(rules)
+    for match in ({"field": "event.host", "equals": "web-1"}, {"field": "rule", "equals": "flapping"}):
+        status, _ = await daemon.request("POST", "/v1/silences", json={"match": match, "until": "1h",
+                                                                       "comment": "maintenance", "created_by": "ana"})
+        assert status == 201
+    # two matches of a rule paging two services: 2 covered, not 4
+    await daemon.post_events([{"service": "payments", "status": 503, "host": "web-1"}] * 2)
+    # four matches of a threshold of 3 to two services: one trigger held back, 1 covered
+    await daemon.post_events([{"type": "flap"}] * 4)
+    listed = await procs.cli("silence", "list", "--api", daemon.url)
+    assert listed.returncode == 0
+    *table, legend = listed.stdout.splitlines()
+    rows = table_rows("\n".join(table))
+    assert list(rows[0]) == ["ID", "STATE", "UNTIL", "COVERED", "BY", "COMMENT", "MATCH"]
+    assert [(r["ID"], r["STATE"], r["COVERED"], r["BY"], r["COMMENT"]) for r in rows] == [
+        ("1", "active", "2", "ana", "maintenance"), ("2", "active", "1", "ana", "maintenance")]
+    assert json.loads(rows[1]["MATCH"]) == {"field": "rule", "equals": "flapping"}
+    assert legend.startswith("COVERED: the matches a silence held back from paging, one per match whatever the "
+                             "number of services; on a stateful rule, a match counts when it would have triggered")
     assert await daemon.stop() == 0
 
 

@@ -8,7 +8,7 @@ import json
 import signal
 import time
 
-from tests.conftest import V1_PATH, V2_PATH, FakePagerDuty, service_key
+from tests.conftest import V1_PATH, V2_PATH, FakePagerDuty, Reply, service_key
 
 RULES = """\
 services:
@@ -274,6 +274,40 @@ async def test_dry_run_prints_masked_deliveries_and_needs_no_keys(start_daemon, 
     assert fake_pagerduty.requests == []
 
 
+async def test_post_test_answers_with_what_pagerduty_did_with_the_page(start_daemon, fake_pagerduty):
+    daemon = await start_daemon(RULES)
+    fake_pagerduty.fail_next(1, 400)
+    status, refused = await daemon.request("POST", "/v1/test", json={"service": "pay", "resolve_after": "1s"})
+    assert status == 502
+    assert refused["error"].startswith("PagerDuty refused the test page: HTTP 400: Event object is invalid")
+    assert (refused["outcome"], refused["status"], refused["reason"]) == (
+        "dead-lettered", 400, "PagerDuty rejected it: HTTP 400")
+    assert refused["response"]["errors"] == ["'payload.summary' is missing or blank"]  # as PagerDuty sent it
+    assert refused["resolve"].startswith("not queued")
+
+    fake_pagerduty.fail_next(1, 503)
+    fake_pagerduty.reply_next(Reply(202, {"status": "success"}, delay=1.5))
+    status, late = await daemon.request("POST", "/v1/test", json={"service": "pay", "wait": 0.5})
+    assert status == 504 and "within 0.5s" in late["error"] and "still queued" in late["error"]
+    assert (late["outcome"], late["status"], late["response"]) == ("retrying", 503,
+                                                                  {"status": "error", "message": "HTTP 503"})
+
+    status, queued = await daemon.request("POST", "/v1/test", json={"service": "pay", "wait": "0s"})
+    assert (status, queued["outcome"]) == (202, "queued")
+    for body, problem in (({"service": "pay", "wait": "3m"}, "'wait' must be from 0 to 120s"),
+                          ({"service": "pay", "wait": -1}, "'wait' must be from 0 to 120s"),
+                          ({"service": "pay", "wait": "soon"}, "invalid duration 'soon'")):
+        status, answer = await daemon.request("POST", "/v1/test", json=body)
+        assert status == 400 and problem in answer["error"]
+    # the log has them all: the refused one, the late one once delivered, the queued one
+    await daemon.poll("/v1/notifications?rule=alert-engine:send-test", lambda a: sorted(
+        (n["outcome"], n["status"]) for n in a["notifications"]) == [
+        ("dead-lettered", 400), ("delivered", 202), ("delivered", 202)])
+    assert sorted(r.status or 0 for r in fake_pagerduty.requests) == [202, 202, 400, 503]
+    assert_no_keys(daemon.output(), json.dumps([refused, late, queued]))
+    await daemon.stop()
+
+
 async def test_send_test_pages_and_resolves_and_self_alerts_page_on_failed_reload(
         start_daemon, fake_pagerduty: FakePagerDuty, tmp_path):
     daemon = await start_daemon(RULES, self_alerts={"services": ["sre"]})
@@ -281,8 +315,10 @@ async def test_send_test_pages_and_resolves_and_self_alerts_page_on_failed_reloa
     [resolve] = await fake_pagerduty.wait_for(1)
     assert resolve.body["event_action"] == "resolve" and resolve.body["dedup_key"] == "alert-engine/reload-failed"
     asked = time.monotonic()
-    status, _ = await daemon.request("POST", "/v1/test", json={"service": "ops", "resolve_after": "1s"})
-    assert status == 202
+    status, answer = await daemon.request("POST", "/v1/test", json={"service": "ops", "resolve_after": "1s"})
+    assert (status, answer["outcome"], answer["status"]) == (200, "delivered", 200)  # PagerDuty's answer, seen
+    assert answer["response"]["incident_key"] == answer["dedup_key"]
+    assert answer["resolve"] == "queued: due 1s after the request"
     received = await fake_pagerduty.wait_for(3)
     assert [r.body["event_type"] for r in received[1:]] == ["trigger", "resolve"]
     assert received[2].at - asked >= 1.0  # the resolve is due 1 s after the request
