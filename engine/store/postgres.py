@@ -604,7 +604,7 @@ async def _connection(conninfo: str, where: str, secret: list[str]) -> psycopg.A
     except psycopg.Error as exc:
         raise StorageError(f"cannot connect to {where}: {_masked(_first_line(exc), secret)}") from None
     try:
-        encoding = await server_encoding(conn)
+        encoding = server_encoding(conn)
         if encoding != "UTF8":
             raise StorageError(f"database {where} has encoding {encoding}: alert-engine needs UTF8 "
                                "(CREATE DATABASE ... ENCODING 'UTF8')")

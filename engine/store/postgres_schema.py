@@ -84,10 +84,8 @@ async def schema_version(conn: psycopg.AsyncConnection) -> int:
     return int(row[0]) if row else 0
 
 
-async def server_encoding(conn: psycopg.AsyncConnection) -> str:
-    cur = await conn.execute("SHOW server_encoding")
-    row = await cur.fetchone()
-    return str(row[0]) if row else ""
+def server_encoding(conn: psycopg.AsyncConnection) -> str:
+    return conn.info.parameter_status("server_encoding") or ""
 
 
 async def migrate(conn: psycopg.AsyncConnection) -> tuple[int, int]:
