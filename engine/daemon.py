@@ -25,7 +25,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
-from engine.config import ApiTokens, Config
+from engine.config import SQLITE, ApiTokens, Config, read_dsn
 from engine.decide import tick
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake, Step
@@ -34,6 +34,7 @@ from engine.metrics import Registry
 from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve, test_page
 from engine.reload import Loaded, ReloadResult, StartupError, load_rules
 from engine.render import Notification
+from engine.rules.errors import Problem
 from engine.rules.load import fingerprint
 from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
@@ -42,7 +43,7 @@ from engine.silences import parse_silence, restore_silence
 from engine.sources import sentry
 from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
-from engine.store import StorageError
+from engine.store import StorageError, Store
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
 
@@ -74,7 +75,10 @@ class Daemon:
         self.ruleset: RuleSet
         self.loaded_at = 0.0
         self.last_reload: ReloadResult
-        self.store: SQLiteStore
+        self.store: Store
+        self.storage = config.database if config.storage.backend == SQLITE else "PostgreSQL"  # named in messages
+        self._dsn: str | None = None  # PostgreSQL's connection string, read at start
+        self._dsn_secrets: list[str] = []  # its password: masked like the keys
         self.deliverer: Deliverer
         self.intake: Intake
         self._stop = asyncio.Event()
@@ -108,7 +112,9 @@ class Daemon:
 
     async def start(self) -> None:
         """Load everything, resume delivery, serve. Raises StartupError when the rules are invalid, the state
-        dir is another daemon's, the port is taken, or the database cannot be opened."""
+        dir (or database) is another daemon's, the port is taken, or the database cannot be opened."""
+        if self.config.storage.backend != SQLITE:
+            await self._read_dsn()
         loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
         result = loaded.result
         if loaded.errors or result.ruleset is None:
@@ -118,10 +124,12 @@ class Daemon:
         self._swap(loaded, time.time())
         self.last_reload = ReloadResult(True, time.time(), warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
-        self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
+        if self._dsn is None:
+            assert self.config.state_dir is not None  # the schema requires it with SQLite
+            self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
         sockets = listen(self.config.host, self.config.port)  # before the database is touched
         try:
-            self.store = await SQLiteStore.open(self.config.database)
+            self.store = await open_store(self.config, self._dsn)
         except StorageError as exc:
             raise StartupError([str(exc)]) from None
         if woken := await self.store.expedite_all(now=time.time()):
@@ -283,7 +291,7 @@ class Daemon:
         assert ruleset is not None
         old = getattr(self, "ruleset", None)
         self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets,
-                                   *(loaded.tokens.secrets if loaded.tokens else ())])
+                                   *(loaded.tokens.secrets if loaded.tokens else ()), *self._dsn_secrets])
         self.ruleset = ruleset  # the one reference every new request reads
         self.loaded_at = now
         self.tokens = loaded.tokens
@@ -386,7 +394,7 @@ class Daemon:
                 problems.append(f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s")
             except StorageError as exc:
                 problems.append(f"storage: {exc}")
-        if not os.access(self.config.state_dir, os.W_OK):
+        if self.config.state_dir is not None and self._dsn is None and not os.access(self.config.state_dir, os.W_OK):
             problems.append(f"state_dir {self.config.state_dir} is not writable")
         return problems
 
@@ -407,7 +415,8 @@ class Daemon:
         self.notifier.status(f"not ready: {problem}")
         with contextlib.suppress(StorageError):  # a page can be queued only while the open file takes writes
             await self._raise_self_alert(STORAGE_KEY, f"alert-engine on {HOST} cannot store events: {problem}",
-                                         {"problem": problem, "state_dir": self.config.state_dir})
+                                         {"problem": problem, "state_dir": self.config.state_dir}
+                                         if self._dsn is None else {"problem": problem, "database": self.storage})
 
     async def metrics_text(self) -> str:
         counts = await self.store.counts()
@@ -516,6 +525,19 @@ class Daemon:
         log.info("silence %d expired", ident)
         return state.silences.get(ident)
 
+    async def _read_dsn(self) -> None:
+        """PostgreSQL's connection string (`storage.dsn`, or the file `dsn_file`), its password kept to mask."""
+        from engine.store.postgres_session import describe, dsn_secrets  # psycopg: only for this backend
+
+        dsn = read_dsn(self.config.storage)
+        if isinstance(dsn, Problem):
+            raise StartupError([f"{dsn.file}: {dsn.message}"])
+        try:
+            self.storage = describe(dsn)
+        except StorageError as exc:
+            raise StartupError([str(exc)]) from None
+        self._dsn, self._dsn_secrets = dsn, dsn_secrets(dsn)
+
     async def _watchdog(self) -> None:
         """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit."""
         interval = self.notifier.watchdog_interval
@@ -527,6 +549,22 @@ class Daemon:
 
 
 
+async def open_store(config: Config, dsn: str | None) -> Store:
+    """The configured storage, opened: SQLite in state_dir (which the caller has locked), or PostgreSQL at
+    `dsn` (which takes its database's lock: one daemon per database). StorageError when it cannot be."""
+    if dsn is None:
+        return await SQLiteStore.open(config.database)
+    from engine.store.postgres import PostgresStore
+    from engine.store.postgres_session import SchemaMismatch  # psycopg: only for this backend
+
+    try:
+        return await PostgresStore.open(dsn)
+    except SchemaMismatch as exc:
+        if exc.older:
+            raise StorageError(f"{exc}: run `alert-engine migrate --config {config.file}`") from None
+        raise
+
+
 async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> int:
     """Run until SIGTERM / SIGINT; the process exit status."""
     daemon = Daemon(config, redactor=redactor, dry_run=dry_run)
@@ -535,7 +573,7 @@ async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> i
         try:
             await daemon.start()
         except StorageError as exc:  # opened, but it cannot be read or written
-            raise StartupError([f"{config.database}: {exc}"]) from None
+            raise StartupError([f"{daemon.storage}: {exc}"]) from None
     except StartupError as exc:
         if len(exc.messages) == 1:  # one line: a lock held, a port in use, a database that cannot be opened
             print(f"alert-engine: not started: {exc.messages[0]}", file=sys.stderr)

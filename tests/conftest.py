@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 
 from engine.render import Notification
-from engine.store.postgres import migrate_database
+from engine.store.postgres_session import migrate_database
 from tests.postgres import Cluster, find_bindir
 
 V2_PATH = "/v2/enqueue"

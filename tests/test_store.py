@@ -14,7 +14,8 @@ import pytest
 
 from engine.state import StateChanges
 from engine.store import COLLAPSED, DELIVERED, DELIVERED_DRY_RUN, StorageError, Store, fold_collapsed_count
-from engine.store.postgres import DatabaseInUse, PostgresStore
+from engine.store.postgres import PostgresStore
+from engine.store.postgres_session import DatabaseInUse
 from engine.store.sqlite import SQLiteStore
 from tests import conftest, postgres
 

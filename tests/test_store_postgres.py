@@ -16,15 +16,9 @@ from engine.intake import Intake
 from engine.metrics import Registry
 from engine.state import State
 from engine.store import StorageError
-from engine.store.postgres import (
-    DatabaseInUse,
-    PostgresStore,
-    SchemaMismatch,
-    describe,
-    dsn_secrets,
-    migrate_database,
-)
+from engine.store.postgres import PostgresStore
 from engine.store.postgres_schema import SCHEMA_VERSION
+from engine.store.postgres_session import DatabaseInUse, SchemaMismatch, describe, dsn_secrets, migrate_database
 from tests.postgres import USER
 from tests.test_intake import Clock, load
 

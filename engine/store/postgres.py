@@ -1,12 +1,9 @@
 """The `Store` on PostgreSQL (psycopg 3, async), for one alert-engine per database.
 
-Connections: one *writer*, a dedicated connection that holds the database's advisory lock and runs every
-write, and a small pool (psycopg_pool) for reads. As on SQLite, writes are group-committed: the writes
-queued while a transaction commits go into the next one, each in its own savepoint, so one failing write
-fails alone. When the writer's connection breaks (the server restarted, say) every write fails with
-`StorageError` until the next write reconnects, and it writes only once the new connection holds the lock
-again: no write ever runs on a connection without it. The schema lives in `postgres_schema`; this module
-only checks that the database is at its version (`alert-engine migrate` changes it).
+Every write runs on one session that holds the database's lock, group-committed (`postgres_session.Writer`:
+reconnecting, and taking the lock again, after the connection broke); reads go through a small pool
+(psycopg_pool). The schema and its migrations are in `postgres_schema`: this store only checks that the
+database is at its version (`alert-engine migrate` changes it).
 
 Leases are in the database (`chains.lease_owner`, `lease_token`, see `postgres_schema`): a claim leases
 chain heads with `FOR UPDATE SKIP LOCKED`, and `complete`, `retry_later`, `dead_letter` and `collapse`
@@ -27,21 +24,17 @@ deleted or replaced under it; a database dropped or unreachable shows as failing
 
 from __future__ import annotations
 
-import asyncio
-import logging
+import contextlib
 import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from engine.render import Notification, encode
-from engine.rules.ruleset import mask_key
 from engine.state import StateChanges
 from engine.store import (
     COLLAPSED,
@@ -54,21 +47,24 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
-from engine.store.postgres_schema import (
-    DATABASE_LOCK,
-    LOCK_CLASS,
-    SCHEMA_VERSION,
-    migrate,
-    schema_version,
-    server_encoding,
+from engine.store.postgres_schema import SCHEMA_VERSION, schema_version
+from engine.store.postgres_session import (
+    CONNECT_TIMEOUT,
+    Connection,
+    Messages,
+    Op,
+    SchemaMismatch,
+    Writer,
+    connect,
+    connection_info,
+    describe,
+    dsn_secrets,
+    take_lock,
 )
 from engine.store.rows import display_fields, outbox_entry, stored_body
 
-log = logging.getLogger("alert_engine.store")
-
 PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a database that takes a batch
 RESPONSE_LIMIT = 8192  # characters of a response body kept
-CONNECT_TIMEOUT = "5"  # seconds, unless the DSN says otherwise
 POOL_SIZE = 4  # read connections
 POOL_TIMEOUT = 5.0  # seconds a read waits for a connection
 
@@ -108,207 +104,85 @@ _TO_DEAD_LETTERS = ("INSERT INTO dead_letters (id, rule, service, api, action, d
 
 T = TypeVar("T")
 Chain = tuple[str, str]  # (service, dedup key)
-Op = Callable[[psycopg.AsyncConnection[Any]], Awaitable[Any]]
-
-
-class DatabaseInUse(StorageError):
-    """Another alert-engine holds the database's lock."""
-
-
-class SchemaMismatch(StorageError):
-    """The database is at another schema version than this code's; `older`: `alert-engine migrate` fixes it."""
-
-    def __init__(self, where: str, found: int) -> None:
-        self.older = found < SCHEMA_VERSION
-        if self.older:
-            message = f"database {where} is at schema version {found}; this alert-engine needs version {SCHEMA_VERSION}"
-        else:
-            message = (f"database {where} is at schema version {found}, newer than this alert-engine knows "
-                       f"({SCHEMA_VERSION}): run the version that migrated it, or a newer one")
-        super().__init__(message)
-
-
-def describe(dsn: str) -> str:
-    """The DSN as messages show it: postgresql://USER@HOST:PORT/DATABASE, never its password or options."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.Error:  # its message may quote the DSN: not shown
-        raise StorageError("storage.dsn is not a PostgreSQL connection string "
-                           "(postgresql://USER@HOST:PORT/DATABASE, or key=value pairs)") from None
-    user, host, port = params.get("user"), params.get("host") or params.get("hostaddr") or "", params.get("port")
-    return f"postgresql://{f'{user}@' if user else ''}{host}{f':{port}' if port else ''}/{params.get('dbname') or ''}"
-
-
-def dsn_secrets(dsn: str) -> list[str]:
-    """What of the DSN must never be shown: its password, if it holds one."""
-    try:
-        password = conninfo_to_dict(dsn).get("password")
-    except psycopg.Error:
-        return []
-    return [str(password)] if password else []
-
-
-@dataclass
-class _Write:
-    op: Op
-    future: asyncio.Future[Any]
-    then: Callable[[Any], None] | None = field(default=None)  # run with op's value once its transaction committed
 
 
 class PostgresStore:
     """The outbox, history, dead letters and alert state in one PostgreSQL database. Build it with
     `await PostgresStore.open(dsn)`; `where` names the database in messages (no password)."""
 
-    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]], writer: psycopg.AsyncConnection[Any],
-                 pool: AsyncConnectionPool[Any], *, where: str, owner: str, secret: list[str]) -> None:
-        self.where = where
-        self._connect = connect
-        self._conn: psycopg.AsyncConnection[Any] | None = writer
+    def __init__(self, writer: Writer, pool: AsyncConnectionPool[Any], messages: Messages, owner: str) -> None:
+        self.where = messages.where
+        self._writer = writer
         self._pool = pool
-        self._owner = owner
-        self._secret = secret
-        self._write_problem: str | None = None  # the last write's failure, until a write succeeds
+        self._messages = messages
+        self._owner = owner  # whose leases: this process
         self._leases: dict[Chain, int] = {}  # the chains this store holds, and their lease tokens
         self._stale: set[int] = set()  # tokens released here, perhaps not yet in the database
         self._groups: dict[tuple[str, str], str] = {}  # the alert state as committed
         self._silences: dict[int, str] = {}
-        self._writes: list[_Write] = []
-        self._flusher: asyncio.Task[None] | None = None
         self._closed = False
-        self.commits = 0  # transactions committed: group commit makes this lower than the writes
 
     @classmethod
     async def open(cls, dsn: str) -> PostgresStore:
         """Connect, take the database's lock, check its encoding and schema version, clear the leases dead
         processes left, read the alert state. StorageError (DatabaseInUse, SchemaMismatch) when it cannot."""
-        where, secret = describe(dsn), dsn_secrets(dsn)
+        messages = Messages(describe(dsn), dsn_secrets(dsn))
         host, pid = socket.gethostname(), os.getpid()
         owner = f"{host}:{pid}:{secrets.token_hex(4)}"
-        conninfo = _conninfo(dsn, f"alert-engine {host} pid {pid}"[:63])
+        conninfo = connection_info(dsn, f"alert-engine {host} pid {pid}")
 
-        async def connect() -> psycopg.AsyncConnection[Any]:
-            return await _lock(await _connection(conninfo, where, secret), where, owner)
+        async def writer_session() -> Connection:
+            return await _locked(await connect(conninfo, messages), messages.where, owner)
 
-        writer = await _storage(connect(), where, secret)
+        conn = await messages.naming(writer_session())
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection, timeout=POOL_TIMEOUT, name="alert-engine")
+        store = cls(Writer(conn, writer_session, messages), pool, messages, owner)
         try:
-            store = cls(connect, writer, pool, where=where, owner=owner, secret=secret)
-            await _storage(store._load(writer), where, secret)
-            await _storage(pool.open(wait=True, timeout=float(CONNECT_TIMEOUT)), where, secret)
+            await messages.naming(store._load(conn))
+            await messages.naming(pool.open(wait=True, timeout=float(CONNECT_TIMEOUT)))
         except BaseException:
-            await writer.close()
+            await conn.close()
             await pool.close()
             raise
         return store
 
-    async def _load(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    @property
+    def commits(self) -> int:
+        """Transactions committed: group commit makes this lower than the writes."""
+        return self._writer.commits
+
+    async def _load(self, conn: Connection) -> None:
         cur = await conn.execute("SELECT rule, key, data FROM alert_state")
         self._groups = {(rule, _text_key(key)): data for rule, key, data in await cur.fetchall()}
         cur = await conn.execute("SELECT id, data FROM silences")
         self._silences = dict(await cur.fetchall())
 
-    # -- the machinery: reads from the pool, queued writes committed in groups on the writer --------------
-
-    async def _read(self, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+    async def _read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
         try:
             async with self._pool.connection() as conn:
                 return await fn(conn)
         except psycopg.Error as exc:
-            raise StorageError(self._message(exc)) from exc
+            raise self._messages.error(exc) from exc
 
     async def _write(self, op: Op, then: Callable[[Any], None] | None = None) -> Any:
         if self._closed:
             raise RuntimeError("store is closed")
-        loop = asyncio.get_running_loop()
-        write = _Write(op, loop.create_future(), then)
-        self._writes.append(write)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = loop.create_task(self._flush())
-        return await write.future
-
-    async def _flush(self) -> None:
-        while self._writes:
-            batch, self._writes = self._writes, []
-            try:
-                outcomes = await self._commit(batch)
-            except BaseException as exc:  # cancelled, or a bug: fail the callers
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
-                raise
-            for write, (ok, value) in zip(batch, outcomes, strict=True):
-                if write.future.done():  # the caller was cancelled; the write stands
-                    continue
-                if ok:
-                    write.future.set_result(value)
-                else:
-                    write.future.set_exception(value)
-
-    async def _commit(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
-        """The batch in one transaction on the writer, each write in its own savepoint."""
-        outcomes: list[tuple[bool, Any]] = []
-        problem = None
-        try:
-            conn = await self._writer()
-            async with conn.transaction():
-                for write in batch:
-                    try:
-                        async with conn.transaction():
-                            value = await write.op(conn)
-                    except psycopg.Error as exc:
-                        if conn.closed:
-                            raise
-                        problem = self._message(exc)
-                        outcomes.append((False, StorageError(problem)))
-                    except Exception as exc:
-                        outcomes.append((False, exc))
-                    else:
-                        outcomes.append((True, value))
-            self.commits += 1
-        except (psycopg.Error, StorageError) as exc:
-            self._write_problem = str(exc) if isinstance(exc, StorageError) else self._message(exc)
-            return [(False, StorageError(self._write_problem))] * len(batch)  # every lease stays held
-        self._write_problem = problem
-        for write, (ok, value) in zip(batch, outcomes, strict=True):
-            if ok and write.then is not None:
-                write.then(value)
-        return outcomes
-
-    async def _writer(self) -> psycopg.AsyncConnection[Any]:
-        """The writer's connection; a new one, holding the lock again, when it broke."""
-        if self._conn is not None and not self._conn.closed:
-            return self._conn
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-            log.warning("%s: the connection broke; connecting again", self.where)
-        self._conn = await self._connect()
-        log.info("%s: connected again, holding its lock", self.where)
-        return self._conn
-
-    def _message(self, exc: BaseException) -> str:
-        """`database: ` and the first line of a driver error, with the DSN's password masked."""
-        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return f"database: {_masked(text, self._secret)}"
+        return await self._writer.write(op, then)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._flusher is not None:
-            await self._flusher
-        if self._conn is not None:
-            if not self._conn.closed:
-                try:  # given back for the next start; a start clears them anyway
-                    await self._conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL "
-                                             "WHERE lease_owner = %s", (self._owner,))
-                except psycopg.Error as exc:
-                    log.warning("%s: leases not given back on close (%s)", self.where, self._message(exc))
-            await self._conn.close()  # the lock goes with the session
+
+        async def give_back(conn: Connection) -> None:  # for the next start, which clears them anyway
+            await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL WHERE lease_owner = %s",
+                               (self._owner,))
+
+        await self._writer.close(give_back)  # the lock goes with the session
         await self._pool.close()
 
     # -- the outbox ----------------------------------------------------------------------------------
@@ -321,7 +195,7 @@ class PostgresStore:
         columns = list(zip(*((n.rule, n.service, n.api, n.action, _key(n.dedup_key), n.json())
                              for n in notifications), strict=True)) if notifications else []
 
-        async def insert(conn: psycopg.AsyncConnection[Any]) -> list[int]:
+        async def insert(conn: Connection) -> list[int]:
             if state:
                 await _write_state(conn, state)
             if not notifications:
@@ -338,7 +212,7 @@ class PostgresStore:
         return await self._write(insert, then=lambda _: self._remember(state))
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
-        async def lease(conn: psycopg.AsyncConnection[Any]) -> list[tuple[OutboxEntry, int]]:
+        async def lease(conn: Connection) -> list[tuple[OutboxEntry, int]]:
             cur = await conn.execute(_CLAIM, {"now": now, "limit": limit, "owner": self._owner,
                                               "stale": list(self._stale)})
             return [(outbox_entry(_text_row(row[:11])), row[11]) for row in await cur.fetchall()]
@@ -351,7 +225,7 @@ class PostgresStore:
         return [entry for entry, _ in await self._write(lease, then=hold)]
 
     async def next_due(self) -> float | None:
-        async def earliest(conn: psycopg.AsyncConnection[Any]) -> float | None:
+        async def earliest(conn: Connection) -> float | None:
             cur = await conn.execute(f"SELECT due FROM chains WHERE {_FREE} ORDER BY due, head LIMIT 1",
                                      {"stale": list(self._stale)})
             row = await cur.fetchone()
@@ -365,7 +239,7 @@ class PostgresStore:
             return entry
         token = self._leases.get(_chain(entry))
 
-        async def fold(conn: psycopg.AsyncConnection[Any]) -> OutboxEntry:
+        async def fold(conn: Connection) -> OutboxEntry:
             await _check_lease(conn, entry, token)
             cur = await conn.execute(f"SELECT {_ENTRY} FROM outbox WHERE service = %s AND dedup_key = %s AND id >= %s "
                                      "ORDER BY id", (n.service, _key(n.dedup_key), entry.id))
@@ -398,7 +272,7 @@ class PostgresStore:
     ) -> None:
         token = self._leases.get(_chain(entry))
 
-        async def to_history(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def to_history(conn: Connection) -> None:
             await _check_lease(conn, entry, token)
             await _leave_outbox(conn, entry, _TO_HISTORY + "%s, attempts + 1, collapsed, created, %s, %s, %s FROM gone",
                                 (outcome, now, status, _text(response)))
@@ -415,7 +289,7 @@ class PostgresStore:
         token = self._leases.get(_chain(entry))
         n = entry.notification
 
-        async def postpone(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def postpone(conn: Connection) -> None:
             await _check_lease(conn, entry, token)
             cur = await conn.execute("UPDATE outbox SET attempts = attempts + 1, due = %s, last_status = %s, "
                                      "last_response = %s WHERE id = %s", (due, status, _text(response), entry.id))
@@ -431,7 +305,7 @@ class PostgresStore:
     ) -> None:
         token = self._leases.get(_chain(entry))
 
-        async def bury(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def bury(conn: Connection) -> None:
             await _check_lease(conn, entry, token)
             await _leave_outbox(conn, entry, _TO_DEAD_LETTERS + "%s, attempts + 1, collapsed, created, %s, %s, %s "
                                 "FROM gone", (_text(reason), now, status, _text(response)))
@@ -448,14 +322,12 @@ class PostgresStore:
             return
         self._stale.update(tokens)
 
-        async def clear(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def clear(conn: Connection) -> None:
             await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL "
                                "WHERE lease_token = ANY(%s::bigint[])", (tokens,))
 
-        try:
+        with contextlib.suppress(StorageError):  # else the next claim takes them as free
             await self._write(clear, then=lambda _: self._stale.difference_update(tokens))
-        except StorageError:
-            pass  # the next claim takes them as free
 
     def _end_lease(self, entry: OutboxEntry) -> None:
         self._leases.pop(_chain(entry), None)
@@ -476,7 +348,7 @@ class PostgresStore:
                 where.append(column)
                 params.append(value)
 
-        async def select(conn: psycopg.AsyncConnection[Any]) -> list[HistoryEntry]:
+        async def select(conn: Connection) -> list[HistoryEntry]:
             cur = await conn.execute(
                 "SELECT id, rule, service, api, action, dedup_key, body, outcome, attempts, collapsed, created, sent, "
                 f"status, response FROM history WHERE {' AND '.join(where)} ORDER BY sent DESC, id DESC LIMIT %s",
@@ -487,13 +359,13 @@ class PostgresStore:
         return await self._read(select)
 
     async def prune_history(self, *, now: float, retention: float = DEFAULT_HISTORY_RETENTION) -> int:
-        async def prune(conn: psycopg.AsyncConnection[Any]) -> int:
+        async def prune(conn: Connection) -> int:
             return (await conn.execute("DELETE FROM history WHERE sent < %s", (now - retention,))).rowcount
 
         return await self._write(prune)
 
     async def dead_letters(self, *, limit: int | None = None) -> list[DeadLetter]:
-        async def select(conn: psycopg.AsyncConnection[Any]) -> list[DeadLetter]:
+        async def select(conn: Connection) -> list[DeadLetter]:
             cur = await conn.execute(
                 "SELECT id, rule, service, api, action, dedup_key, body, reason, attempts, collapsed, created, failed, "
                 "status, response FROM dead_letters ORDER BY id LIMIT %s", (limit,))
@@ -503,7 +375,7 @@ class PostgresStore:
         return await self._read(select)
 
     async def retry_dead_letter(self, id: int, *, now: float) -> int | None:
-        async def revive(conn: psycopg.AsyncConnection[Any]) -> int | None:
+        async def revive(conn: Connection) -> int | None:
             cur = await conn.execute(
                 "WITH dead AS (DELETE FROM dead_letters WHERE id = %s RETURNING *) "
                 "INSERT INTO outbox (rule, service, api, action, dedup_key, body, created, due, collapsed) "
@@ -518,7 +390,7 @@ class PostgresStore:
         return await self._write(revive)
 
     async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
-        async def purge(conn: psycopg.AsyncConnection[Any]) -> int:
+        async def purge(conn: Connection) -> int:
             if ids is None:
                 return (await conn.execute("DELETE FROM dead_letters")).rowcount
             return (await conn.execute("DELETE FROM dead_letters WHERE id = ANY(%s::bigint[])", (list(ids),))).rowcount
@@ -551,10 +423,10 @@ class PostgresStore:
         return None  # a server, not an open file (module docstring)
 
     def problem(self) -> str | None:
-        return self._write_problem
+        return self._writer.problem
 
     async def probe(self) -> None:
-        async def write(conn: psycopg.AsyncConnection[Any]) -> None:
+        async def write(conn: Connection) -> None:
             await conn.execute("INSERT INTO probe (id, at, room) VALUES (1, extract(epoch FROM now()), %s) "
                                "ON CONFLICT (id) DO UPDATE SET at = excluded.at, room = excluded.room",
                                (bytes(PROBE_BYTES),))
@@ -562,7 +434,7 @@ class PostgresStore:
         await self._write(write)
 
     async def counts(self) -> StoreCounts:
-        async def count(conn: psycopg.AsyncConnection[Any]) -> StoreCounts:
+        async def count(conn: Connection) -> StoreCounts:
             cur = await conn.execute("SELECT (SELECT count(*) FROM outbox), (SELECT min(created) FROM outbox), "
                                      "(SELECT count(*) FROM dead_letters), (SELECT count(*) FROM history)")
             row = await cur.fetchone()
@@ -572,68 +444,13 @@ class PostgresStore:
         return await self._read(count)
 
 
-async def migrate_database(dsn: str) -> tuple[str, int, int]:
-    """Bring the database to this code's schema version: (where, version before, version after). Refuses
-    (DatabaseInUse) while an alert-engine runs on it; SchemaMismatch for a newer database."""
-    where, secret = describe(dsn), dsn_secrets(dsn)
-    conn = await _storage(_connection(_conninfo(dsn, "alert-engine migrate"), where, secret), where, secret)
-    try:
-        await _storage(_take_lock(conn, where), where, secret)
-        before, after = await _storage(migrate(conn), where, secret)
-    finally:
-        await conn.close()
-    if before > SCHEMA_VERSION:
-        raise SchemaMismatch(where, before)
-    return where, before, after
-
-
 # -- connecting ---------------------------------------------------------------------------------------
 
 
-def _conninfo(dsn: str, application_name: str) -> str:
-    """The DSN with our defaults for what it does not set."""
-    given = conninfo_to_dict(dsn)
-    defaults = {"application_name": application_name, "connect_timeout": CONNECT_TIMEOUT}
-    return make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in given})
-
-
-async def _connection(conninfo: str, where: str, secret: list[str]) -> psycopg.AsyncConnection[Any]:
-    """A connection in autocommit mode to a database in UTF-8."""
+async def _locked(conn: Connection, where: str, owner: str) -> Connection:
+    """The writer's session: the lock taken, the schema checked, the leases dead processes left cleared."""
     try:
-        conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
-    except psycopg.Error as exc:
-        raise StorageError(f"cannot connect to {where}: {_masked(_first_line(exc), secret)}") from None
-    try:
-        encoding = server_encoding(conn)
-        if encoding != "UTF8":
-            raise StorageError(f"database {where} has encoding {encoding}: alert-engine needs UTF8 "
-                               "(CREATE DATABASE ... ENCODING 'UTF8')")
-    except BaseException:
-        await conn.close()
-        raise
-    return conn
-
-
-async def _take_lock(conn: psycopg.AsyncConnection[Any], where: str) -> None:
-    """The database's advisory lock for this session, or DatabaseInUse naming who holds it."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", (LOCK_CLASS, DATABASE_LOCK))
-    row = await cur.fetchone()
-    if row and row[0]:
-        return
-    cur = await conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-        "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::int::oid AND l.objid = %s::int::oid "
-        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-        (LOCK_CLASS, DATABASE_LOCK))
-    holder = await cur.fetchone()
-    who = f" ({holder[0]})" if holder and holder[0] else ""
-    raise DatabaseInUse(f"database {where} is in use by another alert-engine{who}")
-
-
-async def _lock(conn: psycopg.AsyncConnection[Any], where: str, owner: str) -> psycopg.AsyncConnection[Any]:
-    """The writer's connection: the lock taken, the schema checked, leases of dead processes cleared."""
-    try:
-        await _take_lock(conn, where)
+        await take_lock(conn, where)
         found = await schema_version(conn)
         if found != SCHEMA_VERSION:
             raise SchemaMismatch(where, found)
@@ -644,18 +461,10 @@ async def _lock(conn: psycopg.AsyncConnection[Any], where: str, owner: str) -> p
     return conn
 
 
-async def _storage(work: Awaitable[T], where: str, secret: list[str]) -> T:
-    """`work`, with a driver error turned into StorageError naming the database."""
-    try:
-        return await work
-    except psycopg.Error as exc:
-        raise StorageError(f"database {where}: {_masked(_first_line(exc), secret)}") from None
-
-
 # -- what the writes share ----------------------------------------------------------------------------
 
 
-async def _check_lease(conn: psycopg.AsyncConnection[Any], entry: OutboxEntry, token: int | None) -> None:
+async def _check_lease(conn: Connection, entry: OutboxEntry, token: int | None) -> None:
     """The chain of `entry` is leased with `token`, and stays locked until the transaction ends."""
     n = entry.notification
     if token is not None:
@@ -666,7 +475,7 @@ async def _check_lease(conn: psycopg.AsyncConnection[Any], entry: OutboxEntry, t
     raise LookupError(f"notification {entry.id} is not claimed by this process")
 
 
-async def _leave_outbox(conn: psycopg.AsyncConnection[Any], entry: OutboxEntry, insert: str,
+async def _leave_outbox(conn: Connection, entry: OutboxEntry, insert: str,
                         params: tuple[Any, ...]) -> None:
     """Move the entry's row to history or the dead letters (`insert` selects from `gone`), then make the
     next notification of its chain the head, unleased, or drop the chain when none is left."""
@@ -679,13 +488,13 @@ async def _leave_outbox(conn: psycopg.AsyncConnection[Any], entry: OutboxEntry, 
         await conn.execute("DELETE FROM chains WHERE service = %(service)s AND dedup_key = %(key)s", chain)
 
 
-async def _wake(conn: psycopg.AsyncConnection[Any], now: float, service: str | None) -> int:
+async def _wake(conn: Connection, now: float, service: str | None) -> int:
     cur = await conn.execute(_WAKE, {"now": now, "service": service})
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
-async def _write_state(conn: psycopg.AsyncConnection[Any], changes: StateChanges) -> None:
+async def _write_state(conn: Connection, changes: StateChanges) -> None:
     if changes.upserts:
         rules, keys, data = zip(*changes.upserts, strict=True)
         await conn.execute("INSERT INTO alert_state (rule, key, data) SELECT * FROM unnest(%s::text[], %s::bytea[], "
@@ -723,13 +532,3 @@ def _text_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
 def _text(value: str) -> str:
     """An answer or a reason as `text` holds it: NUL as U+FFFD, at most RESPONSE_LIMIT characters."""
     return value[:RESPONSE_LIMIT].replace("\x00", "\ufffd")
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def _masked(text: str, secret: list[str]) -> str:
-    for value in secret:
-        text = text.replace(value, mask_key(value))
-    return text
