@@ -377,26 +377,31 @@ class Daemon:
         problems = ["shutting down"] if self.stopping else []
         return problems + await self._health_problems()
 
-    async def _health_problems(self) -> list[str]:
-        """What keeps events from being stored: the watchdog pings only while there is none."""
+    async def _health_problems(self, *, storage: bool = True) -> list[str]:
+        """What keeps events from being stored (`storage`: the database's health too): the watchdog pings only
+        while there is none."""
         problems = []
         if self.intake.state.poisoned:
             problems.append(self.intake.state.poisoned)
+        if storage:
+            problems += await self._storage_problems()
+        if self.config.state_dir is not None and self._dsn is None and not os.access(self.config.state_dir, os.W_OK):
+            problems.append(f"state_dir {self.config.state_dir} is not writable")
+        return problems
+
+    async def _storage_problems(self) -> list[str]:
         if self.store.problem() and not self.store.lost():
             with contextlib.suppress(StorageError, TimeoutError):  # back again? one tiny write says so
                 await asyncio.wait_for(self.store.probe(), STORAGE_TIMEOUT)
         if problem := self.store.problem():
-            problems.append(f"storage: {problem}")
-        else:
-            try:
-                await asyncio.wait_for(self.store.counts(), STORAGE_TIMEOUT)
-            except TimeoutError:
-                problems.append(f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s")
-            except StorageError as exc:
-                problems.append(f"storage: {exc}")
-        if self.config.state_dir is not None and self._dsn is None and not os.access(self.config.state_dir, os.W_OK):
-            problems.append(f"state_dir {self.config.state_dir} is not writable")
-        return problems
+            return [f"storage: {problem}"]
+        try:
+            await asyncio.wait_for(self.store.counts(), STORAGE_TIMEOUT)
+        except TimeoutError:
+            return [f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s"]
+        except StorageError as exc:
+            return [f"storage: {exc}"]
+        return []
 
     async def _watch_storage(self) -> None:
         """Notice the database failing or coming back: one log line for each change, the status line,
@@ -539,11 +544,13 @@ class Daemon:
         self._dsn, self._dsn_secrets = dsn, dsn_secrets(dsn)
 
     async def _watchdog(self) -> None:
-        """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit."""
+        """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit. Not for a
+        PostgreSQL server out of reach: a restart could not start before it is back (and failed starts in a
+        row hit systemd's start limit), while this daemon takes it back by itself as soon as it is."""
         interval = self.notifier.watchdog_interval
         assert interval
         while True:
-            if not await self._health_problems():
+            if not await self._health_problems(storage=self._dsn is None):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 

@@ -1,7 +1,7 @@
 """The daemon on PostgreSQL (storage.backend: postgresql), as a subprocess on a cluster of the test's own:
 `alert-engine migrate` first (the daemon refuses a database at another schema version, and says what to
 run), one daemon per database, state kept across a restart, 503 while the server is stopped and back to
-work when it returns. The DSN's password shows nowhere."""
+work when it returns, the watchdog pinging all along. The DSN's password shows nowhere."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ async def test_a_daemon_on_postgresql_pages_keeps_its_state_and_rides_out_the_se
     assert (again.returncode, again.stdout) == (0, f"{where}: at schema version 1, nothing to do\n")
     outputs += [refused, migrated, again]
 
-    daemon = await start_daemon(RULES, storage=storage, state_dir=None)
+    daemon = await start_daemon(RULES, storage=storage, state_dir=None, env={"WATCHDOG_USEC": "400000"})
     status, answer = await daemon.post_events({"kind": "deploy", "host": "a"})
     assert (status, answer["notifications"]) == (202, 1)
     await fake_pagerduty.wait_for(1)
@@ -72,12 +72,15 @@ async def test_a_daemon_on_postgresql_pages_keeps_its_state_and_rides_out_the_se
     status, answer = await daemon.post_events({"kind": "deploy", "host": "a"})
     assert (status, answer["notifications"]) == (202, 0)
 
-    # the server stops: 503 and not ready, and nothing of the refused request is kept
+    # the server stops: 503 and not ready, and nothing of the refused request is kept; the watchdog still
+    # pings (a restart could not start without the server, this daemon takes it back by itself)
     own_postgres.stop()
     status, answer = await daemon.post_events({"kind": "deploy", "host": "b"})
     assert status == 503 and "database" in answer["error"], answer
     ready = await daemon.poll("/readyz", lambda r: r.get("status") == "not ready")
     assert any(p.startswith("storage: ") for p in ready["problems"]), ready
+    daemon.drain_messages()
+    await daemon.wait_message("WATCHDOG=1", timeout=3)
     own_postgres.start()
     await daemon.poll("/readyz", lambda r: r.get("status") == "ready", timeout=20)
     status, answer = await daemon.post_events([{"kind": "deploy", "host": "b"}, {"kind": "deploy", "host": "a"}])
