@@ -71,12 +71,12 @@ POOL_TIMEOUT = 5.0  # seconds a read waits for a connection
 _ENTRY = "id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed"
 _FREE = "(lease_token IS NULL OR lease_token = ANY(%(stale)s::bigint[]))"  # not leased, or released here
 _CLAIM = f"""
-WITH free AS (SELECT service, dedup_key FROM chains WHERE due <= %(now)s AND {_FREE}
+WITH free AS (SELECT service, dedup_key, lease_token AS was FROM chains WHERE due <= %(now)s AND {_FREE}
               ORDER BY due, head LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
      leased AS (UPDATE chains c SET lease_owner = %(owner)s, lease_token = nextval('lease_tokens')
                 FROM free WHERE c.service = free.service AND c.dedup_key = free.dedup_key
-                RETURNING c.head, c.lease_token)
-SELECT {', '.join('o.' + c for c in _ENTRY.split(', '))}, leased.lease_token
+                RETURNING c.head, c.lease_token, free.was)
+SELECT {', '.join('o.' + c for c in _ENTRY.split(', '))}, leased.lease_token, leased.was
 FROM leased JOIN outbox o ON o.id = leased.head ORDER BY o.due, o.id
 """
 _NEW_CHAINS = """
@@ -212,17 +212,17 @@ class PostgresStore:
         return await self._write(insert, then=lambda _: self._remember(state))
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
-        async def lease(conn: Connection) -> list[tuple[OutboxEntry, int]]:
+        async def lease(conn: Connection) -> list[tuple[OutboxEntry, int, int | None]]:
             cur = await conn.execute(_CLAIM, {"now": now, "limit": limit, "owner": self._owner,
                                               "stale": list(self._stale)})
-            return [(outbox_entry(_text_row(row[:11])), row[11]) for row in await cur.fetchall()]
+            return [(outbox_entry(_text_row(row[:11])), row[11], row[12]) for row in await cur.fetchall()]
 
-        def hold(claimed: list[tuple[OutboxEntry, int]]) -> None:
-            for entry, token in claimed:
+        def hold(claimed: list[tuple[OutboxEntry, int, int | None]]) -> None:
+            for entry, token, was in claimed:
                 self._leases[_chain(entry)] = token
-                self._stale.discard(token)
+                self._stale.discard(was)  # a lease released here, taken again
 
-        return [entry for entry, _ in await self._write(lease, then=hold)]
+        return [entry for entry, _, _ in await self._write(lease, then=hold)]
 
     async def next_due(self) -> float | None:
         async def earliest(conn: Connection) -> float | None:
