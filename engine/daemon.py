@@ -114,7 +114,7 @@ class Daemon:
         """Load everything, resume delivery, serve. Raises StartupError when the rules are invalid, the state
         dir (or database) is another daemon's, the port is taken, or the database cannot be opened."""
         if self.config.storage.backend != SQLITE:
-            await self._read_dsn()
+            self._read_dsn()
         loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
         result = loaded.result
         if loaded.errors or result.ruleset is None:
@@ -530,7 +530,7 @@ class Daemon:
         log.info("silence %d expired", ident)
         return state.silences.get(ident)
 
-    async def _read_dsn(self) -> None:
+    def _read_dsn(self) -> None:
         """PostgreSQL's connection string (`storage.dsn`, or the file `dsn_file`), its password kept to mask."""
         from engine.store.postgres_session import describe, dsn_secrets  # psycopg: only for this backend
 
@@ -561,8 +561,8 @@ async def open_store(config: Config, dsn: str | None) -> Store:
     `dsn` (which takes its database's lock: one daemon per database). StorageError when it cannot be."""
     if dsn is None:
         return await SQLiteStore.open(config.database)
-    from engine.store.postgres import PostgresStore
-    from engine.store.postgres_session import SchemaMismatch  # psycopg: only for this backend
+    from engine.store.postgres import PostgresStore  # psycopg: only for this backend
+    from engine.store.postgres_session import SchemaMismatch
 
     try:
         return await PostgresStore.open(dsn)

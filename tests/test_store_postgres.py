@@ -18,7 +18,14 @@ from engine.state import State
 from engine.store import StorageError
 from engine.store.postgres import PostgresStore
 from engine.store.postgres_schema import SCHEMA_VERSION
-from engine.store.postgres_session import DatabaseInUse, SchemaMismatch, describe, dsn_secrets, migrate_database
+from engine.store.postgres_session import (
+    DatabaseInUse,
+    Messages,
+    SchemaMismatch,
+    describe,
+    dsn_secrets,
+    migrate_database,
+)
 from tests.postgres import USER
 from tests.test_intake import Clock, load
 
@@ -112,6 +119,8 @@ async def test_a_dsn_never_shows_its_password_in_messages(postgres, postgres_dsn
     as_pairs = f"host=127.0.0.1 port={postgres.port} user={USER} password={postgres.password} dbname=x"
     assert describe(as_pairs) == f"postgresql://{USER}@127.0.0.1:{postgres.port}/x"
     assert dsn_secrets(as_pairs) == [postgres.password]
+    said = Messages(describe(as_pairs), dsn_secrets(as_pairs)).text(ValueError(f"no: {as_pairs}\nmore"))
+    assert said == f"no: host=127.0.0.1 port={postgres.port} user={USER} password=****{postgres.password[-4:]} dbname=x"
     broken = f"postgresql://{USER}:{postgres.password}@127.0.0.1:notaport/x?sslmode=bogus==="
     with pytest.raises(StorageError, match="not a PostgreSQL connection string") as invalid:
         describe(broken)
