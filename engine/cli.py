@@ -21,7 +21,7 @@ from pathlib import Path as FsPath
 import yaml
 
 from engine import __version__
-from engine.config import CONFIG_ENV, DEFAULT_CONFIG, Config, default_config_path, load_config
+from engine.config import CONFIG_ENV, DEFAULT_CONFIG, SQLITE, Config, default_config_path, load_config, read_dsn
 from engine.decisions import Hold
 from engine.fanout import fan_out
 from engine.logs import configure as configure_logging
@@ -30,11 +30,13 @@ from engine.reload import load_rules
 from engine.render import Notification
 from engine.replay import eval_timeline, play
 from engine.rules import LoadResult, load_ruleset
+from engine.rules.errors import Problem
 from engine.rules.ruleset import RuleSet
 from engine.ruletest import Outcome, run_test_file
 from engine.sentry_import import PluginConfigError, import_plugin
 from engine.sources import sentry
 from engine.sources.events import EventError, parse_events
+from engine.store import StorageError
 from engine.table import table
 from engine.templates import iso_utc
 from engine.units import parse_duration
@@ -49,6 +51,7 @@ EPILOG = """\
 commands:
   run           run the daemon: HTTP intake, durable outbox, PagerDuty delivery, SIGHUP reload
   check         validate rule files (or --config and its rules): FILE:LINE:COL: rule 'NAME': message
+  migrate       bring a PostgreSQL database (storage.backend: postgresql) to this version's schema
   eval          print, as JSON lines, the notifications that events would cause, decided as the daemon
                 decides them on a simulated clock (offline, keys masked)
   test          run rule unit tests (rule_files + tests with events and expected notifications)
@@ -63,7 +66,8 @@ http://127.0.0.1:9595) and, when the daemon has a tokens file, --token (default 
 a token with the read scope to list (history, list), admin to change anything (admin includes read).
 
 exit status: 0 ok, 1 invalid rules / failed tests / bad events / API error, 2 usage error or
-daemon not started (invalid config or rules, state dir in use, port in use, database unusable)
+daemon not started (invalid config or rules, state dir or database in use, port in use, database
+unusable or at another schema version)
 """
 
 
@@ -81,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run the daemon: POST /v1/events, match, page every listed PagerDuty "
                          "service through the durable outbox. SIGHUP reloads the rules; SIGTERM drains "
                          "and exits. Invalid config or rules: every error printed, exit 2. One daemon per "
-                         "state_dir (it is locked); a state dir in use, a port in use or a database that "
-                         "cannot be opened: one line, exit 2.")
+                         "state_dir (it is locked), or per PostgreSQL database; a state dir or database in "
+                         "use, a port in use or a database that cannot be opened (or is at another schema "
+                         "version: alert-engine migrate): one line, exit 2.")
     run.add_argument("--config", default=None, metavar="FILE",
                      help=f"engine.yaml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
     run.add_argument("--dry-run", action="store_true",
@@ -102,6 +107,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="report a missing key variable, key file, tokens file or Sentry secret file as a "
                        "warning (for CI without secrets)")
     check.set_defaults(func=cmd_check)
+
+    mig = sub.add_parser("migrate", help="bring the PostgreSQL database to this version's schema",
+                         description="With storage.backend: postgresql, apply the schema migrations the database "
+                         "lacks (each in its own transaction) and print the versions before and after. Run it "
+                         "before the first start and after each upgrade: the daemon does not start on a "
+                         "database at another version, and says so. It refuses while an alert-engine runs on "
+                         "the database (stop it first). With sqlite there is nothing to do: the daemon "
+                         "upgrades its file itself. Exit status: 0 done, 1 the database refused or cannot be "
+                         "reached, 2 invalid config.")
+    mig.add_argument("--config", default=None, metavar="FILE",
+                     help=f"engine.yaml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    mig.set_defaults(func=cmd_migrate)
 
     ev = sub.add_parser("eval", help="show the notifications events would cause, offline",
                         description="Run events through the rules as the daemon does (thresholds, throttles, "
@@ -256,6 +273,29 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     redactor = configure_logging(config.log_format or default_format(), config.log_level)
     return asyncio.run(run(config, redactor=redactor, dry_run=args.dry_run))
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    file = args.config or default_config_path()
+    config = _config(file)
+    if config is None:
+        return 2
+    if config.storage.backend == SQLITE:
+        print(f"{file}: storage is sqlite: the daemon upgrades its database itself; nothing to migrate")
+        return 0
+    dsn = read_dsn(config.storage)
+    if isinstance(dsn, Problem):
+        print(f"{dsn.file}: {dsn.message}", file=sys.stderr)
+        return 2
+    from engine.store.postgres_session import migrate_database  # psycopg: only for this backend
+
+    try:
+        where, before, after = asyncio.run(migrate_database(dsn))
+    except StorageError as exc:
+        print(f"alert-engine migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{where}: at schema version {after}" + (", nothing to do" if before == after else f" (was {before})"))
+    return 0
 
 
 def _config(file: str) -> Config | None:

@@ -1,7 +1,7 @@
 """engine.yaml -> a frozen Config, validated by schemas/engine.schema.json; and the secret files it names.
 
-Relative paths (rules, state_dir, tokens_file) are taken relative to the configuration file's directory,
-so a config and its rules can move together. Errors come back located, like rule errors.
+Relative paths (rules, state_dir, tokens_file, storage.dsn_file) are taken relative to the configuration
+file's directory, so a config and its rules can move together. Errors come back located, like rule errors.
 """
 
 from __future__ import annotations
@@ -57,11 +57,21 @@ class SentryConfig:
         return f"{self.url}/organizations/{self.organization}/issues/" if self.organization else None
 
 
+SQLITE, POSTGRESQL = "sqlite", "postgresql"
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    backend: str = SQLITE  # SQLITE (a file in state_dir) or POSTGRESQL (dsn or dsn_file)
+    dsn: str | None = field(default=None, repr=False)  # may hold a password: never shown
+    dsn_file: str | None = None
+
+
 @dataclass(frozen=True)
 class Config:
     file: str
     rules: tuple[str, ...]
-    state_dir: str
+    state_dir: str | None  # SQLite's; None with PostgreSQL
     host: str = "127.0.0.1"
     port: int = 9595
     reload_on_change: bool = False
@@ -73,9 +83,12 @@ class Config:
     log_level: str = "info"
     self_alert_services: tuple[str, ...] = ()
     sentry: SentryConfig | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     @property
     def database(self) -> str:
+        """The SQLite database file (with the sqlite backend, which needs state_dir)."""
+        assert self.state_dir is not None, "the sqlite backend needs state_dir"
         return str(FsPath(self.state_dir) / "alert-engine.db")
 
 
@@ -88,7 +101,7 @@ def load_config(file: str) -> Config | list[RuleError]:
     doc = load_file(file)
     if isinstance(doc, RuleError):
         return [doc]
-    problems = schema_problems(file, doc.data, "engine")
+    problems = schema_problems(file, doc.data, "engine") or _storage_problems(file, doc.data.get("storage", {}))
     if problems:
         return [doc.error(p) for p in problems]
     return _build(doc)
@@ -107,10 +120,11 @@ def _build(doc: Document) -> Config:
     ingest = data.get("ingest", {})
     log = data.get("log", {})
     sentry = data.get("sources", {}).get("sentry")
+    storage = data.get("storage", {})
     return Config(
         file=doc.file,
         rules=tuple(path(r) for r in ([rules] if isinstance(rules, str) else rules)),
-        state_dir=path(data["state_dir"]),
+        state_dir=path(data["state_dir"]) if "state_dir" in data else None,
         host=host.strip("[]"),
         port=int(port),
         reload_on_change=data.get("reload_on_change", False),
@@ -140,7 +154,33 @@ def _build(doc: Document) -> Config:
                             sentry.get("allow_unsigned_legacy", False),
                             sentry.get("url", SentryConfig.url).rstrip("/"),
                             sentry.get("organization")) if sentry else None,
+        storage=StorageConfig(storage.get("backend", SQLITE), storage.get("dsn"),
+                              path(storage["dsn_file"]) if "dsn_file" in storage else None),
     )
+
+
+def _storage_problems(file: str, storage: dict[str, Any]) -> list[Problem]:
+    """PostgreSQL takes exactly one of dsn and dsn_file; SQLite neither."""
+    given = [key for key in ("dsn", "dsn_file") if key in storage]
+    if storage.get("backend") != POSTGRESQL:
+        return [Problem(file, ("storage", key), f"'{key}' is for backend: postgresql") for key in given]
+    if len(given) != 1:
+        found = "both" if given else "neither"
+        return [Problem(file, ("storage",), f"backend postgresql needs one of 'dsn' or 'dsn_file' ({found} given)")]
+    return []
+
+
+def read_dsn(storage: StorageConfig) -> str | Problem:
+    """PostgreSQL's connection string: `dsn`, or the first line of `dsn_file` that is not blank or a `#`
+    comment. A problem names the file, never its content."""
+    if storage.dsn is not None:
+        return storage.dsn
+    assert storage.dsn_file is not None
+    lines = read_lines(storage.dsn_file, "DSN")
+    if isinstance(lines, Problem):
+        return lines
+    dsn = next((text for line in lines if (text := line.strip()) and not text.startswith("#")), None)
+    return dsn or Problem(storage.dsn_file, (), "the DSN file holds no connection string")
 
 
 def read_lines(file: str, what: str) -> list[str] | Problem:

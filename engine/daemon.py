@@ -25,7 +25,7 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
-from engine.config import ApiTokens, Config
+from engine.config import SQLITE, ApiTokens, Config, read_dsn
 from engine.deliver import Deliverer
 from engine.intake import Accepted, Intake, Step
 from engine.logs import Redactor
@@ -33,6 +33,7 @@ from engine.metrics import Registry
 from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve
 from engine.reload import Loaded, ReloadResult, StartupError, load_rules
 from engine.render import Notification
+from engine.rules.errors import Problem
 from engine.rules.load import fingerprint
 from engine.rules.ruleset import RuleSet, Service
 from engine.sdnotify import Notifier
@@ -42,7 +43,7 @@ from engine.silences import parse_silence, restore_silence
 from engine.sources import sentry
 from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
-from engine.store import StorageError
+from engine.store import StorageError, Store
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
 
@@ -74,7 +75,10 @@ class Daemon:
         self.ruleset: RuleSet
         self.loaded_at = 0.0
         self.last_reload: ReloadResult
-        self.store: SQLiteStore
+        self.store: Store
+        self.storage = config.database if config.storage.backend == SQLITE else "PostgreSQL"  # named in messages
+        self._dsn: str | None = None  # PostgreSQL's connection string, read at start
+        self._dsn_secrets: list[str] = []  # its password: masked like the keys
         self.deliverer: Deliverer
         self.intake: Intake
         self.send_tests = SendTest(lambda pages, at: self.intake.enqueue(pages, at))
@@ -109,7 +113,9 @@ class Daemon:
 
     async def start(self) -> None:
         """Load everything, resume delivery, serve. Raises StartupError when the rules are invalid, the state
-        dir is another daemon's, the port is taken, or the database cannot be opened."""
+        dir (or database) is another daemon's, the port is taken, or the database cannot be opened."""
+        if self.config.storage.backend != SQLITE:
+            self._read_dsn()
         loaded = await asyncio.to_thread(load_rules, self.config, dry_run=self.dry_run)
         result = loaded.result
         if loaded.errors or result.ruleset is None:
@@ -119,10 +125,12 @@ class Daemon:
         self._swap(loaded, time.time())
         self.last_reload = ReloadResult(True, time.time(), warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
-        self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
+        if self._dsn is None:
+            assert self.config.state_dir is not None  # the schema requires it with SQLite
+            self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
         sockets = listen(self.config.host, self.config.port)  # before the database is touched
         try:
-            self.store = await SQLiteStore.open(self.config.database)
+            self.store = await open_store(self.config, self._dsn)
         except StorageError as exc:
             raise StartupError([str(exc)]) from None
         if woken := await self.store.expedite_all(now=time.time()):
@@ -288,7 +296,7 @@ class Daemon:
         assert ruleset is not None
         old = getattr(self, "ruleset", None)
         self.redactor.set_secrets([*(s.key for s in ruleset.services.values() if s.key), *loaded.sentry_secrets,
-                                   *(loaded.tokens.secrets if loaded.tokens else ())])
+                                   *(loaded.tokens.secrets if loaded.tokens else ()), *self._dsn_secrets])
         self.ruleset = ruleset  # the one reference every new request reads
         self.loaded_at = now
         self.tokens = loaded.tokens
@@ -370,26 +378,31 @@ class Daemon:
         problems = ["shutting down"] if self.stopping else []
         return problems + await self._health_problems()
 
-    async def _health_problems(self) -> list[str]:
-        """What keeps events from being stored: the watchdog pings only while there is none."""
+    async def _health_problems(self, *, storage: bool = True) -> list[str]:
+        """What keeps events from being stored (`storage`: the database's health too): the watchdog pings only
+        while there is none."""
         problems = []
         if self.intake.state.poisoned:
             problems.append(self.intake.state.poisoned)
+        if storage:
+            problems += await self._storage_problems()
+        if self.config.state_dir is not None and self._dsn is None and not os.access(self.config.state_dir, os.W_OK):
+            problems.append(f"state_dir {self.config.state_dir} is not writable")
+        return problems
+
+    async def _storage_problems(self) -> list[str]:
         if self.store.problem() and not self.store.lost():
             with contextlib.suppress(StorageError, TimeoutError):  # back again? one tiny write says so
                 await asyncio.wait_for(self.store.probe(), STORAGE_TIMEOUT)
         if problem := self.store.problem():
-            problems.append(f"storage: {problem}")
-        else:
-            try:
-                await asyncio.wait_for(self.store.counts(), STORAGE_TIMEOUT)
-            except TimeoutError:
-                problems.append(f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s")
-            except StorageError as exc:
-                problems.append(f"storage: {exc}")
-        if not os.access(self.config.state_dir, os.W_OK):
-            problems.append(f"state_dir {self.config.state_dir} is not writable")
-        return problems
+            return [f"storage: {problem}"]
+        try:
+            await asyncio.wait_for(self.store.counts(), STORAGE_TIMEOUT)
+        except TimeoutError:
+            return [f"storage: the database did not answer within {STORAGE_TIMEOUT:g}s"]
+        except StorageError as exc:
+            return [f"storage: {exc}"]
+        return []
 
     async def _watch_storage(self) -> None:
         """Notice the database failing or coming back: one log line for each change, the status line,
@@ -408,7 +421,8 @@ class Daemon:
         self.notifier.status(f"not ready: {problem}")
         with contextlib.suppress(StorageError):  # a page can be queued only while the open file takes writes
             await self._raise_self_alert(STORAGE_KEY, f"alert-engine on {HOST} cannot store events: {problem}",
-                                         {"problem": problem, "state_dir": self.config.state_dir})
+                                         {"problem": problem, "state_dir": self.config.state_dir}
+                                         if self._dsn is None else {"problem": problem, "database": self.storage})
 
     async def metrics_text(self) -> str:
         counts = await self.store.counts()
@@ -517,15 +531,46 @@ class Daemon:
         log.info("silence %d expired", ident)
         return state.silences.get(ident)
 
+    def _read_dsn(self) -> None:
+        """PostgreSQL's connection string (`storage.dsn`, or the file `dsn_file`), its password kept to mask."""
+        from engine.store.postgres_session import describe, dsn_secrets  # psycopg: only for this backend
+
+        dsn = read_dsn(self.config.storage)
+        if isinstance(dsn, Problem):
+            raise StartupError([f"{dsn.file}: {dsn.message}"])
+        try:
+            self.storage = describe(dsn)
+        except StorageError as exc:
+            raise StartupError([str(exc)]) from None
+        self._dsn, self._dsn_secrets = dsn, dsn_secrets(dsn)
+
     async def _watchdog(self) -> None:
-        """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit."""
+        """Ping systemd only while events can be stored: a wedged daemon is restarted by its unit. Not for a
+        PostgreSQL server out of reach: a restart could not start before it is back (and failed starts in a
+        row hit systemd's start limit), while this daemon takes it back by itself as soon as it is."""
         interval = self.notifier.watchdog_interval
         assert interval
         while True:
-            if not await self._health_problems():
+            if not await self._health_problems(storage=self._dsn is None):
                 self.notifier.watchdog()
             await asyncio.sleep(interval)
 
+
+
+async def open_store(config: Config, dsn: str | None) -> Store:
+    """The configured storage, opened: SQLite in state_dir (which the caller has locked), or PostgreSQL at
+    `dsn` (which takes its database's lock: one daemon per database). StorageError when it cannot be."""
+    if dsn is None:
+        return await SQLiteStore.open(config.database)
+    from engine.store.postgres import PostgresStore  # psycopg: only for this backend
+    from engine.store.postgres_session import SchemaMismatch
+
+    try:
+        return await PostgresStore.open(dsn)
+    except SchemaMismatch as exc:
+        if exc.older:
+            raise StorageError(f"{exc}: run `alert-engine migrate --config {config.file}`") from None
+        raise
 
 
 async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> int:
@@ -536,7 +581,7 @@ async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> i
         try:
             await daemon.start()
         except StorageError as exc:  # opened, but it cannot be read or written
-            raise StartupError([f"{config.database}: {exc}"]) from None
+            raise StartupError([f"{daemon.storage}: {exc}"]) from None
     except StartupError as exc:
         if len(exc.messages) == 1:  # one line: a lock held, a port in use, a database that cannot be opened
             print(f"alert-engine: not started: {exc.messages[0]}", file=sys.stderr)

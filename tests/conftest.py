@@ -1,5 +1,6 @@
 """Shared fixtures: a fake PagerDuty on 127.0.0.1, a maker of Notification objects, a tmpfs to fill, a
-database file that refuses writes, and one written by an older version."""
+database file that refuses writes, and one written by an older version; a throwaway PostgreSQL cluster
+with a database per test."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import pytest
 from aiohttp import web
 
 from engine.render import Notification
+from engine.store.postgres_session import migrate_database
+from tests.postgres import Cluster, find_bindir
 
 V2_PATH = "/v2/enqueue"
 V1_PATH = "/generic/2010-04-15/create_event.json"
@@ -341,3 +344,60 @@ def tmpfs(tmp_path: Path) -> Iterator[Tmpfs]:
         yield Tmpfs(path)
     finally:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def _cluster(migrated: str) -> Iterator[Cluster]:
+    """A running cluster (tests/postgres.py) with the migrated database `migrated`; removed at the end."""
+    bindir = find_bindir()
+    if bindir is None:
+        skip_or_fail("PostgreSQL's initdb and pg_ctl are not installed (Debian: apt-get install postgresql)")
+    assert bindir is not None
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        cluster.create_database(migrated)
+        asyncio.run(migrate_database(cluster.dsn(migrated)))
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """The test session's PostgreSQL cluster, for databases made by `new_database`."""
+    with _cluster(MIGRATED) as cluster:
+        yield cluster
+
+
+MIGRATED = "alert_engine_migrated"  # the template of every test's database: the schema already in place
+
+
+@pytest.fixture
+def new_database(postgres: Cluster) -> Iterator[Callable[..., str]]:
+    """`new_database(migrated=True)` -> the DSN of a new database (at the schema version, or empty),
+    dropped at the end of the test."""
+    made: list[str] = []
+
+    def make(migrated: bool = True) -> str:
+        name = f"test_{os.getpid()}_{len(made)}_{time.monotonic_ns()}"
+        made.append(name)
+        return postgres.create_database(name, template=MIGRATED if migrated else None)
+
+    yield make
+    for name in made:
+        postgres.drop_database(name)
+
+
+@pytest.fixture
+def postgres_dsn(new_database: Callable[..., str]) -> str:
+    """A database of the test's own, migrated."""
+    return new_database()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Cluster]:
+    """A cluster of the test's own, to stop and start (a few seconds to make), with a migrated database
+    `alert_engine`."""
+    with _cluster("alert_engine") as cluster:
+        yield cluster

@@ -1,9 +1,12 @@
 """engine/config.py: the tokens file (scopes, names, the old format, located errors that never quote a
-token) and the constant-time lookup of a token."""
+token) and the constant-time lookup of a token; the storage settings and the DSN file."""
 
 from __future__ import annotations
 
-from engine.config import ApiTokens, parse_tokens
+from pathlib import Path
+
+from engine.config import POSTGRESQL, SQLITE, ApiTokens, Config, StorageConfig, load_config, parse_tokens, read_dsn
+from engine.rules.errors import Problem
 
 FILE = "/etc/alert-engine/tokens"
 
@@ -71,3 +74,48 @@ def test_find_returns_the_token_given_and_nothing_for_anything_else():
     for given in ("tok-tw", "tok-two ", "", "TOK-TWO", "tok-two\udcff"):
         assert tokens.find(given) is None
     assert tokens.secrets == ("tok-one", "tok-two")
+
+
+def config_errors(path: Path, text: str) -> list[str]:
+    path.write_text(text)
+    found = load_config(str(path))
+    assert isinstance(found, list), found
+    return [str(e) for e in found]
+
+
+def test_storage_is_sqlite_in_state_dir_by_default_or_postgresql_with_a_dsn_or_a_dsn_file(tmp_path):
+    (tmp_path / "engine.yaml").write_text("rules: [rules]\nstate_dir: state\n")
+    sqlite = load_config(str(tmp_path / "engine.yaml"))
+    assert isinstance(sqlite, Config)
+    assert (sqlite.storage, sqlite.database) == (StorageConfig(SQLITE), str(tmp_path / "state" / "alert-engine.db"))
+    (tmp_path / "pg.yaml").write_text("rules: [rules]\nstorage: {backend: postgresql, dsn_file: secrets/dsn}\n")
+    pg = load_config(str(tmp_path / "pg.yaml"))
+    assert isinstance(pg, Config)
+    assert (pg.storage, pg.state_dir) == (StorageConfig(POSTGRESQL, None, str(tmp_path / "secrets" / "dsn")), None)
+    dsn = "postgresql://engine:hunter2-hunter2@db/alerts"
+    assert "hunter2" not in repr(StorageConfig(POSTGRESQL, dsn))
+
+
+def test_storage_settings_that_do_not_fit_are_located_errors(tmp_path):
+    path = tmp_path / "engine.yaml"
+    assert config_errors(path, "rules: [r]\n") == [f"{path}:1:1: missing required key 'state_dir'"]
+    assert config_errors(path, "rules: [r]\nstorage: {backend: postgresql}\n") == [
+        f"{path}:2:1: backend postgresql needs one of 'dsn' or 'dsn_file' (neither given)"]
+    assert config_errors(path, "rules: [r]\nstorage: {backend: postgresql, dsn: x, dsn_file: y}\n") == [
+        f"{path}:2:1: backend postgresql needs one of 'dsn' or 'dsn_file' (both given)"]
+    assert config_errors(path, "rules: [r]\nstate_dir: s\nstorage:\n  dsn: postgresql://db/x\n") == [
+        f"{path}:4:3: 'dsn' is for backend: postgresql"]
+    assert config_errors(path, "rules: [r]\nstate_dir: s\nstorage: {backend: mysql}\n") == [
+        f"{path}:3:11: 'backend' must be one of sqlite, postgresql, not 'mysql'"]
+
+
+def test_the_dsn_file_gives_its_first_line_and_problems_never_quote_it(tmp_path):
+    dsn = tmp_path / "dsn"
+    dsn.write_text("# alert-engine's database\n\n  postgresql://engine:pw@db/alerts  \nignored\n")
+    assert read_dsn(StorageConfig(POSTGRESQL, dsn_file=str(dsn))) == "postgresql://engine:pw@db/alerts"
+    assert read_dsn(StorageConfig(POSTGRESQL, "host=db")) == "host=db"
+    dsn.write_text("# nothing yet\n")
+    assert read_dsn(StorageConfig(POSTGRESQL, dsn_file=str(dsn))) == Problem(
+        str(dsn), (), "the DSN file holds no connection string")
+    missing = read_dsn(StorageConfig(POSTGRESQL, dsn_file=str(tmp_path / "missing")))
+    assert isinstance(missing, Problem) and missing.message == "cannot read DSN file: No such file or directory"

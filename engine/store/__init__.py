@@ -1,15 +1,16 @@
 """The storage interface: the durable outbox, the notification log (history) and the dead letters.
 
 Matching never sees it; delivery sees only `Store`. `engine/store/sqlite.py` implements it on one
-SQLite file; a shared backend (PostgreSQL) would implement the same protocol.
+SQLite file, `engine/store/postgres.py` on a PostgreSQL database; tests/test_store.py runs on both.
 
 The contract every backend keeps:
 - `enqueue` returns only once the notifications are durable (committed).
 - A read or write the database refuses raises `StorageError` and changed nothing.
 - Notifications with the same (service, dedup key) form a chain ordered by creation; `claim` hands out
   only the head of a chain, and only once the head is due and its chain is not already claimed. A
-  claim is a lease on the chain held in memory by this process, ended by `complete`, `retry_later`,
-  `dead_letter` or `release`; closing or crashing gives everything back (at-least-once).
+  claim is a lease on the chain held by this process (in its memory, or in the database with a token),
+  ended by `complete`, `retry_later`, `dead_letter` or `release`; closing or crashing gives everything
+  back (at-least-once).
 - `complete`, `retry_later` and `dead_letter` end the lease only when their write succeeded. When one
   raises `StorageError` the caller still holds the chain (nobody else can claim it, so a page that was
   sent is not sent again by this process) and tries the same write again later. A failed `collapse`

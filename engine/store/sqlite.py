@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
+from engine.store.rows import display_fields, outbox_entry, stored_body
 
 log = logging.getLogger("alert_engine.store")
 
@@ -276,7 +276,7 @@ class SQLiteStore:
                 chain = (row[2], row[5])
                 if chain not in self._leases and len(claimed) < limit:
                     self._leases.add(chain)
-                    claimed.append(_entry(row))
+                    claimed.append(outbox_entry(row))
             return claimed
 
         return await self._read(claim_heads)
@@ -322,7 +322,7 @@ class SQLiteStore:
                 "UPDATE outbox SET body = ?, collapsed = ?, attempts = ? WHERE id = ?",
                 (body, total, entry.attempts, newest[0]),
             )
-            return _entry((*newest[:6], body, *newest[7:9], entry.attempts, total))
+            return outbox_entry((*newest[:6], body, *newest[7:9], entry.attempts, total))
 
         return await self._write(fold)
 
@@ -416,7 +416,7 @@ class SQLiteStore:
                 "ORDER BY sent DESC, id DESC LIMIT ?",
                 (*delivered_params, DEAD_LETTERED, *dead_params, limit),
             ).fetchall()
-            return [HistoryEntry(**_fields(HistoryEntry, row), body=_body(row)) for row in rows]
+            return [HistoryEntry(**display_fields(HistoryEntry, row), body=stored_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -432,7 +432,7 @@ class SQLiteStore:
                 "FROM dead_letters ORDER BY id LIMIT ?",
                 (-1 if limit is None else limit,),
             ).fetchall()
-            return [DeadLetter(**_fields(DeadLetter, row), body=_body(row)) for row in rows]
+            return [DeadLetter(**display_fields(DeadLetter, row), body=stored_body(row)) for row in rows]
 
         return await self._read(select)
 
@@ -549,13 +549,6 @@ def _sequence(db: sqlite3.Connection) -> int:
     return row[0] if row else 0
 
 
-def _fields(kind: type, row: tuple[Any, ...]) -> dict[str, Any]:
-    """A display row's fields but its body, from (id, rule, service, api, action, dedup_key, body, ...rest)
-    in the order `kind` (HistoryEntry, DeadLetter) declares them."""
-    names = [f.name for f in dataclasses.fields(kind) if f.name != "body"]
-    return dict(zip(names, (*row[:6], *row[7:]), strict=True))
-
-
 def _chain(entry: OutboxEntry) -> Chain:
     return (entry.notification.service, entry.notification.dedup_key)
 
@@ -565,28 +558,3 @@ def _leave_outbox(db: sqlite3.Connection, entry: OutboxEntry, copied: int) -> No
     if copied != 1:
         raise LookupError(f"notification {entry.id} is not in the outbox")
     db.execute("DELETE FROM outbox WHERE id = ?", (entry.id,))
-
-
-def _notification(row: tuple[Any, ...]) -> Notification:
-    """The notification in a (id, rule, service, api, action, dedup_key, body, ...) row.
-
-    Summary and severity are read back from the body, where render put them.
-    """
-    rule, service, api, action, dedup_key, text = row[1:7]
-    body = json.loads(text)
-    payload = body.get("payload") if api == "v2" else None
-    if isinstance(payload, dict):
-        summary, severity = payload.get("summary", ""), payload.get("severity")
-    else:
-        summary, severity = body.get("description", ""), None
-    return Notification(rule, service, api, action, dedup_key, body, summary=summary, severity=severity)
-
-
-def _entry(row: tuple[Any, ...]) -> OutboxEntry:
-    """(id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed) -> entry."""
-    id, body, created, attempts, collapsed = row[0], row[6], row[7], row[9], row[10]
-    return OutboxEntry(id, _notification(row), body.encode(), created, attempts, collapsed)
-
-
-def _body(row: tuple[Any, ...]) -> dict[str, Any]:
-    return _notification(row).body

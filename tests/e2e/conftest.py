@@ -177,7 +177,8 @@ class Daemon:
 @pytest.fixture
 async def start_daemon(tmp_path: Path, fake_pagerduty: FakePagerDuty
                        ) -> AsyncIterator[Callable[..., Any]]:
-    """`await start_daemon(rules_yaml, **config_overrides)` -> a running Daemon; stopped at the end."""
+    """`await start_daemon(rules_yaml, **config_overrides)` -> a running Daemon; stopped at the end. An
+    override of None removes the key (state_dir=None, with PostgreSQL storage)."""
     daemons: list[Daemon] = []
 
     async def start(rules: str, *args: str, env: dict[str, str] | None = None, **overrides: Any) -> Daemon:
@@ -193,7 +194,9 @@ async def start_daemon(tmp_path: Path, fake_pagerduty: FakePagerDuty
             "pagerduty": {"url": fake_pagerduty.url, "timeout": "2s", "rate_per_key": 0},
         }
         for key, value in overrides.items():
-            if isinstance(value, dict) and isinstance(config.get(key), dict):
+            if value is None:
+                config.pop(key, None)
+            elif isinstance(value, dict) and isinstance(config.get(key), dict):
                 config[key] = {**config[key], **value}
             else:
                 config[key] = value

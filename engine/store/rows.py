@@ -1,0 +1,43 @@
+"""Stored rows -> the store's values, for every backend: the rows of the outbox, history and dead letters
+share their first columns (id, rule, service, api, action, dedup_key, body), the body as stored JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from engine.render import Notification
+from engine.store import OutboxEntry
+
+
+def display_fields(kind: type, row: tuple[Any, ...]) -> dict[str, Any]:
+    """A display row's fields but its body, from (id, rule, service, api, action, dedup_key, body, ...rest)
+    in the order `kind` (HistoryEntry, DeadLetter) declares them."""
+    names = [f.name for f in dataclasses.fields(kind) if f.name != "body"]
+    return dict(zip(names, (*row[:6], *row[7:]), strict=True))
+
+
+def notification(row: tuple[Any, ...]) -> Notification:
+    """The notification in a (id, rule, service, api, action, dedup_key, body, ...) row.
+
+    Summary and severity are read back from the body, where render put them.
+    """
+    rule, service, api, action, dedup_key, text = row[1:7]
+    body = json.loads(text)
+    payload = body.get("payload") if api == "v2" else None
+    if isinstance(payload, dict):
+        summary, severity = payload.get("summary", ""), payload.get("severity")
+    else:
+        summary, severity = body.get("description", ""), None
+    return Notification(rule, service, api, action, dedup_key, body, summary=summary, severity=severity)
+
+
+def outbox_entry(row: tuple[Any, ...]) -> OutboxEntry:
+    """(id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed) -> entry."""
+    id, body, created, attempts, collapsed = row[0], row[6], row[7], row[9], row[10]
+    return OutboxEntry(id, notification(row), body.encode(), created, attempts, collapsed)
+
+
+def stored_body(row: tuple[Any, ...]) -> dict[str, Any]:
+    return notification(row).body
