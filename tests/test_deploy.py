@@ -91,6 +91,10 @@ REQUIRED_SERVICE = {
 }
 
 
+def test_unit_keeps_restarting_however_often_a_start_fails() -> None:
+    assert UNIT_DIRECTIVES["Unit"]["StartLimitIntervalSec"] == ["0"]
+
+
 @pytest.mark.parametrize(("key", "values"), REQUIRED_SERVICE.items(), ids=list(REQUIRED_SERVICE))
 def test_unit_service_section_has(key: str, values: list[str]) -> None:
     assert SERVICE.get(key) == values
