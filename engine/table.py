@@ -1,5 +1,6 @@
-"""Plain-text tables for the CLI's listings (`history`, `dead-letters list`, `silence list`): a header
-line, then one line per row, each column as wide as its widest cell, two spaces apart."""
+"""The CLI's text output: plain-text tables for its listings (`history`, `dead-letters list`, `silence
+list`): a header line, then one line per row, each column as wide as its widest cell, two spaces apart;
+and counts with their noun in the right number."""
 
 from __future__ import annotations
 
@@ -17,3 +18,8 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> list[str]
 
 def _cell(value: object) -> str:
     return "-" if value is None else " ".join(str(value).splitlines())
+
+
+def plural(n: int, noun: str) -> str:
+    """`1 file`, `2 files`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
