@@ -11,6 +11,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -53,19 +55,24 @@ def cmd_history(args: argparse.Namespace) -> int:
     answer = _api(args, "GET", "/v1/notifications?" + urllib.parse.urlencode(query))
     if answer is None:
         return 1
-    rows = answer["notifications"]
+    headers = ("TIME", "RULE", "SERVICE", "ACTION", "DEDUP KEY", "OUTCOME", "STATUS", "ATTEMPTS", "REASON")
+    _listing(args, answer["notifications"], "no notifications", headers, lambda r: (
+        _second(r["sent"]), r["rule"], r["service"], r["action"], r["dedup_key"], r["outcome"], r["status"],
+        r["attempts"], _reason(r)))
+    return 0
+
+
+def _listing(args: argparse.Namespace, rows: list[dict[str, Any]], empty: str, headers: Sequence[str],
+             cells: Callable[[dict[str, Any]], Sequence[object]]) -> None:
+    """Print rows the API gave: one JSON line each with --json, else a table (or `empty` on stderr)."""
     if args.json:
         for row in rows:
             print(json.dumps(row, ensure_ascii=False))
-        return 0
-    if not rows:
-        print("no notifications", file=sys.stderr)
-        return 0
-    headers = ("TIME", "RULE", "SERVICE", "ACTION", "DEDUP KEY", "OUTCOME", "STATUS", "ATTEMPTS", "REASON")
-    for line in table(headers, ((_second(r["sent"]), r["rule"], r["service"], r["action"], r["dedup_key"],
-                                 r["outcome"], r["status"], r["attempts"], _reason(r)) for r in rows)):
-        print(line)
-    return 0
+    elif not rows:
+        print(empty, file=sys.stderr)
+    else:
+        for line in table(headers, map(cells, rows)):
+            print(line)
 
 
 def _second(iso: str) -> str:
@@ -89,18 +96,10 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         answer = _api(args, "GET", "/v1/dead-letters")
         if answer is None:
             return 1
-        letters = answer["dead_letters"]
-        if args.json:
-            for r in letters:
-                print(json.dumps(r, ensure_ascii=False))
-            return 0
-        if not letters:
-            print("no dead letters", file=sys.stderr)
-            return 0
         headers = ("ID", "FAILED", "SERVICE", "RULE", "DEDUP KEY", "ATTEMPTS", "STATUS", "REASON")
-        for line in table(headers, ((r["id"], _second(r["failed"]), r["service"], r["rule"], r["dedup_key"],
-                                     r["attempts"], r["status"], _reason(r)) for r in letters)):
-            print(line)
+        _listing(args, answer["dead_letters"], "no dead letters", headers, lambda r: (
+            r["id"], _second(r["failed"]), r["service"], r["rule"], r["dedup_key"], r["attempts"], r["status"],
+            _reason(r)))
         return 0
     if args.action == "retry":
         if not args.ids:
@@ -142,20 +141,12 @@ def cmd_silence(args: argparse.Namespace) -> int:
         answer = _api(args, "GET", "/v1/silences")
         if answer is None:
             return 1
-        silences = answer["silences"]
-        if args.json:
-            for s in silences:
-                print(json.dumps(s, ensure_ascii=False))
-            return 0
-        if not silences:
-            print("no silences", file=sys.stderr)
-            return 0
         headers = ("ID", "STATE", "UNTIL", "COVERED", "BY", "COMMENT", "MATCH")
-        for line in table(headers, ((s["id"], "active" if s["active"] else "expired", _second(s["until"]),
-                                     s["covered"], s["created_by"], s["comment"],
-                                     json.dumps(s["match"], ensure_ascii=False)) for s in silences)):
-            print(line)
-        print(COVERED_LEGEND)
+        _listing(args, answer["silences"], "no silences", headers, lambda s: (
+            s["id"], "active" if s["active"] else "expired", _second(s["until"]), s["covered"], s["created_by"],
+            s["comment"], json.dumps(s["match"], ensure_ascii=False)))
+        if answer["silences"] and not args.json:
+            print(COVERED_LEGEND)
         return 0
     failed = 0
     for ident in args.ids:

@@ -62,7 +62,7 @@ from engine.store.postgres_session import (
     dsn_secrets,
     take_lock,
 )
-from engine.store.rows import display_fields, outbox_entry, stored_body
+from engine.store.rows import display_fields, history_filters, outbox_entry, stored_body
 
 PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a database that takes a batch
 RESPONSE_LIMIT = 8192  # characters of a response body kept
@@ -343,13 +343,8 @@ class PostgresStore:
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        def where(time: str) -> tuple[str, list[Any]]:
-            filters = (("rule = %s", rule), ("service = %s", service), (f"{time} >= %s", since))
-            kept = [(column, value) for column, value in filters if value is not None]
-            return " AND ".join(["true", *(column for column, _ in kept)]), [value for _, value in kept]
-
-        delivered, delivered_params = where("sent")
-        dead, dead_params = where("failed")
+        delivered, delivered_params = history_filters(rule, service, since, time="sent", placeholder="%s")
+        dead, dead_params = history_filters(rule, service, since, time="failed", placeholder="%s")
 
         async def select(conn: Connection) -> list[HistoryEntry]:
             cur = await conn.execute(

@@ -41,3 +41,14 @@ def outbox_entry(row: tuple[Any, ...]) -> OutboxEntry:
 
 def stored_body(row: tuple[Any, ...]) -> dict[str, Any]:
     return notification(row).body
+
+
+def history_filters(rule: str | None, service: str | None, since: float | None, *, time: str, placeholder: str
+                    ) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a history listing: by rule, service, and `time` column at
+    or after `since`; `placeholder` is the driver's (`?` for SQLite, `%s` for psycopg)."""
+    filters = (("rule", rule), ("service", service), (time, since))
+    kept = [(column, value) for column, value in filters if value is not None]
+    clause = " AND ".join(["1 = 1", *(f"{column} {'>=' if column == time else '='} {placeholder}"
+                                      for column, _ in kept)])
+    return clause, [value for _, value in kept]

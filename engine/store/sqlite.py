@@ -37,7 +37,7 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
-from engine.store.rows import display_fields, outbox_entry, stored_body
+from engine.store.rows import display_fields, history_filters, outbox_entry, stored_body
 
 log = logging.getLogger("alert_engine.store")
 
@@ -399,13 +399,8 @@ class SQLiteStore:
         since: float | None = None,
         limit: int = 100,
     ) -> list[HistoryEntry]:
-        def where(time: str) -> tuple[str, list[Any]]:
-            filters = (("rule = ?", rule), ("service = ?", service), (f"{time} >= ?", since))
-            kept = [(column, value) for column, value in filters if value is not None]
-            return " AND ".join(["1", *(column for column, _ in kept)]), [value for _, value in kept]
-
-        delivered, delivered_params = where("sent")
-        dead, dead_params = where("failed")
+        delivered, delivered_params = history_filters(rule, service, since, time="sent", placeholder="?")
+        dead, dead_params = history_filters(rule, service, since, time="failed", placeholder="?")
 
         def select(db: sqlite3.Connection) -> list[HistoryEntry]:
             rows = db.execute(
