@@ -62,7 +62,7 @@ from engine.store.postgres_session import (
     dsn_secrets,
     take_lock,
 )
-from engine.store.rows import display_fields, history_filters, outbox_entry, stored_body
+from engine.store.rows import collapse_run, display_fields, history_filters, outbox_entry, stored_body
 
 PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a database that takes a batch
 RESPONSE_LIMIT = 8192  # characters of a response body kept
@@ -245,17 +245,10 @@ class PostgresStore:
             cur = await conn.execute(f"SELECT {_ENTRY} FROM outbox WHERE service = %s AND dedup_key = %s AND id >= %s "
                                      "ORDER BY id", (n.service, _key(n.dedup_key), entry.id))
             rows = [_text_row(row) for row in await cur.fetchall()]
-            if not rows or rows[0][0] != entry.id:
-                raise LookupError(f"notification {entry.id} is not at the head of its chain")
-            run = [rows[0]]
-            for row in rows[1:]:
-                if row[4] != "trigger":
-                    break
-                run.append(row)
-            if len(run) == 1:
+            found = collapse_run(rows, entry.id)
+            if found is None:
                 return entry
-            newest, folded = run[-1], run[:-1]
-            total = newest[10] + sum(1 + row[10] for row in folded)
+            newest, folded, total = found
             await conn.execute(f"WITH gone AS (DELETE FROM outbox WHERE id = ANY(%s) RETURNING *) {_TO_HISTORY}"
                                "%s, attempts, collapsed, created, %s, NULL, %s FROM gone",
                                ([row[0] for row in folded], COLLAPSED, now, f"collapsed into notification {newest[0]}"))

@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from engine.rules.ruleset import mask_key
 from engine.store import StorageError
+from engine.store.group_commit import settle
 from engine.store.postgres_schema import DATABASE_LOCK, LOCK_CLASS, SCHEMA_VERSION, migrate, server_encoding
 
 log = logging.getLogger("alert_engine.store")
@@ -201,20 +202,7 @@ class Writer:
     async def _flush(self) -> None:
         while self._writes:
             batch, self._writes = self._writes, []
-            try:
-                outcomes = await self._commit(batch)
-            except BaseException as exc:  # cancelled, or a bug: fail the callers
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
-                raise
-            for write, (ok, value) in zip(batch, outcomes, strict=True):
-                if write.future.done():  # the caller was cancelled; the write stands
-                    continue
-                if ok:
-                    write.future.set_result(value)
-                else:
-                    write.future.set_exception(value)
+            await settle(batch, self._commit(batch))
 
     async def _commit(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
         """The batch in one transaction, each write in its own savepoint."""

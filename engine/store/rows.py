@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from engine.render import Notification
@@ -52,3 +53,24 @@ def history_filters(rule: str | None, service: str | None, since: float | None, 
     clause = " AND ".join(["1 = 1", *(f"{column} {'>=' if column == time else '='} {placeholder}"
                                       for column, _ in kept)])
     return clause, [value for _, value in kept]
+
+
+Row = tuple[Any, ...]
+
+
+def collapse_run(rows: Sequence[Row], head: int) -> tuple[Row, list[Row], int] | None:
+    """What `collapse` folds, from a chain's rows at and after its head (outbox entry rows, in id order): the
+    newest trigger of the run of triggers at the head, the earlier ones of that run, and how many triggers
+    the newest then stands for; None when no trigger follows the head. LookupError when `head` is not the
+    chain's first row."""
+    if not rows or rows[0][0] != head:
+        raise LookupError(f"notification {head} is not at the head of its chain")
+    run = [rows[0]]
+    for row in rows[1:]:
+        if row[4] != "trigger":
+            break
+        run.append(row)
+    if len(run) == 1:
+        return None
+    newest, folded = run[-1], run[:-1]
+    return newest, folded, newest[10] + sum(1 + row[10] for row in folded)

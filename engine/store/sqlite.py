@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -37,7 +36,8 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
-from engine.store.rows import display_fields, history_filters, outbox_entry, stored_body
+from engine.store.group_commit import settle
+from engine.store.rows import collapse_run, display_fields, history_filters, outbox_entry, stored_body
 
 log = logging.getLogger("alert_engine.store")
 
@@ -180,20 +180,7 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         while self._writes:
             batch, self._writes = self._writes, []
-            try:
-                outcomes = await loop.run_in_executor(self._executor, self._commit, batch)
-            except BaseException as exc:  # the thread is gone (or we are cancelled): fail the callers
-                for write in batch:
-                    if not write.future.done():
-                        write.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
-                raise
-            for write, (ok, value) in zip(batch, outcomes, strict=True):
-                if write.future.done():  # the caller was cancelled; the write stands
-                    continue
-                if ok:
-                    write.future.set_result(value)
-                else:
-                    write.future.set_exception(value)
+            await settle(batch, loop.run_in_executor(self._executor, self._commit, batch))
 
     def _commit(self, batch: list[_Write]) -> list[tuple[bool, Any]]:
         """On the database thread: the batch in one transaction, each write in its own savepoint."""
@@ -299,17 +286,10 @@ class SQLiteStore:
                 "WHERE service = ? AND dedup_key = ? AND id >= ? ORDER BY id",
                 (n.service, n.dedup_key, entry.id),
             ).fetchall()
-            if not rows or rows[0][0] != entry.id:
-                raise LookupError(f"notification {entry.id} is not at the head of its chain")
-            run = [rows[0]]
-            for row in rows[1:]:
-                if row[4] != "trigger":
-                    break
-                run.append(row)
-            if len(run) == 1:
+            found = collapse_run(rows, entry.id)
+            if found is None:
                 return entry
-            newest, folded = run[-1], run[:-1]
-            total = newest[10] + sum(1 + row[10] for row in folded)
+            newest, folded, total = found
             db.executemany(
                 f"INSERT INTO history (id, {_NOTIFICATION}, outcome, attempts, collapsed, created, sent, "
                 "status, response) SELECT id, rule, service, api, action, dedup_key, body, ?, attempts, "
@@ -317,7 +297,7 @@ class SQLiteStore:
                 [(COLLAPSED, now, f"collapsed into notification {newest[0]}", row[0]) for row in folded],
             )
             db.executemany("DELETE FROM outbox WHERE id = ?", [(row[0],) for row in folded])
-            body = encode(fold_collapsed_count(n.api, json.loads(newest[6]), total))
+            body = encode(fold_collapsed_count(n.api, stored_body(newest), total))
             db.execute(
                 "UPDATE outbox SET body = ?, collapsed = ?, attempts = ? WHERE id = ?",
                 (body, total, entry.attempts, newest[0]),
