@@ -69,6 +69,29 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE probe (id integer PRIMARY KEY CHECK (id = 1), at double precision NOT NULL, room bytea);
     ALTER TABLE probe ALTER COLUMN room SET STORAGE EXTERNAL;  -- not compressed: it takes the room it says
     """,
+    # 1 -> 2: several replicas on one database (docs/ha.md): delivery leases that expire, the decider's
+    # lease and epoch, the replicas' heartbeats, the inbox, and pacing per integration key
+    """
+    ALTER TABLE chains ADD COLUMN lease_until double precision;
+    ALTER TABLE outbox ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    CREATE TABLE decider (
+        id integer PRIMARY KEY CHECK (id = 1),
+        epoch bigint NOT NULL, holder text NOT NULL, backend integer NOT NULL,
+        since double precision NOT NULL, until double precision NOT NULL
+    );
+    CREATE TABLE replicas (
+        id text PRIMARY KEY, address text NOT NULL, session text NOT NULL,
+        started double precision NOT NULL, heartbeat double precision NOT NULL, ruleset text NOT NULL
+    );
+    CREATE TABLE inbox (
+        id bigserial PRIMARY KEY, kind text NOT NULL, body text NOT NULL, replica text NOT NULL,
+        received double precision NOT NULL,
+        decided double precision, epoch bigint, result text
+    );
+    CREATE INDEX inbox_waiting ON inbox (id) WHERE decided IS NULL;
+    CREATE INDEX inbox_decided ON inbox (decided) WHERE decided IS NOT NULL;
+    CREATE TABLE pacing (key text PRIMARY KEY, tat double precision NOT NULL);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
