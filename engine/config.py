@@ -68,6 +68,17 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How a replica takes part among those sharing a PostgreSQL database (docs/ha.md); seconds."""
+
+    replica_id: str | None = None  # default HOST:PORT
+    advertise: str | None = None  # default http://HOST:PORT
+    heartbeat: float = 1.0
+    decider_lease: float = 10.0
+    delivery_lease: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     file: str
     rules: tuple[str, ...]
@@ -84,6 +95,7 @@ class Config:
     self_alert_services: tuple[str, ...] = ()
     sentry: SentryConfig | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def database(self) -> str:
@@ -101,7 +113,8 @@ def load_config(file: str) -> Config | list[RuleError]:
     doc = load_file(file)
     if isinstance(doc, RuleError):
         return [doc]
-    problems = schema_problems(file, doc.data, "engine") or _storage_problems(file, doc.data.get("storage", {}))
+    problems = (schema_problems(file, doc.data, "engine") or _storage_problems(file, doc.data.get("storage", {}))
+                or _cluster_problems(file, doc.data))
     if problems:
         return [doc.error(p) for p in problems]
     return _build(doc)
@@ -121,6 +134,7 @@ def _build(doc: Document) -> Config:
     log = data.get("log", {})
     sentry = data.get("sources", {}).get("sentry")
     storage = data.get("storage", {})
+    cluster = data.get("cluster", {})
     return Config(
         file=doc.file,
         rules=tuple(path(r) for r in ([rules] if isinstance(rules, str) else rules)),
@@ -156,6 +170,10 @@ def _build(doc: Document) -> Config:
                             sentry.get("organization")) if sentry else None,
         storage=StorageConfig(storage.get("backend", SQLITE), storage.get("dsn"),
                               path(storage["dsn_file"]) if "dsn_file" in storage else None),
+        cluster=ClusterConfig(cluster.get("replica_id"), cluster.get("advertise"),
+                              parse_duration(cluster.get("heartbeat", "1s")),
+                              parse_duration(cluster.get("decider_lease", "10s")),
+                              parse_duration(cluster.get("delivery_lease", "60s"))),
     )
 
 
@@ -167,6 +185,20 @@ def _storage_problems(file: str, storage: dict[str, Any]) -> list[Problem]:
     if len(given) != 1:
         found = "both" if given else "neither"
         return [Problem(file, ("storage",), f"backend postgresql needs one of 'dsn' or 'dsn_file' ({found} given)")]
+    return []
+
+
+def _cluster_problems(file: str, data: dict[str, Any]) -> list[Problem]:
+    cluster = data.get("cluster")
+    if cluster is None:
+        return []
+    if data.get("storage", {}).get("backend") != POSTGRESQL:
+        return [Problem(file, ("cluster",), "'cluster' is for storage backend: postgresql")]
+    heartbeat = parse_duration(cluster.get("heartbeat", "1s"))
+    if parse_duration(cluster.get("decider_lease", "10s")) < 3 * heartbeat:
+        return [Problem(file, ("cluster", "decider_lease"), "must be at least three heartbeats")]
+    if parse_duration(cluster.get("delivery_lease", "60s")) < 3 * heartbeat:
+        return [Problem(file, ("cluster", "delivery_lease"), "must be at least three heartbeats")]
     return []
 
 

@@ -25,12 +25,14 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchfiles import awatch
 
+from engine.cluster import Member, Membership
 from engine.config import SQLITE, ApiTokens, Config, read_dsn
+from engine.decider import Decider, Inbox, Queued, accepted_view, queued_view
 from engine.deliver import Deliverer
-from engine.intake import Accepted, Intake, Step
+from engine.intake import Accepted, Intake
 from engine.logs import Redactor
 from engine.metrics import Registry
-from engine.own_pages import RELOAD_FAILED_KEY, dead_letter_alert, self_alert, self_resolve
+from engine.own_pages import RELOAD_FAILED_KEY, RULESET_MISMATCH_KEY, dead_letter_alert, self_alert, self_resolve
 from engine.reload import Loaded, ReloadResult, StartupError, load_rules
 from engine.render import Notification
 from engine.rules.errors import Problem
@@ -56,6 +58,8 @@ STORAGE_CHECK_INTERVAL = 2.0  # how often the database's health is looked at (an
 STORAGE_TIMEOUT = 2.0  # seconds the database has to answer a health check
 STORAGE_KEY = "alert-engine/storage"
 HANDLER_CUTOFF = 1.0  # at the end of a shutdown, requests still running (a stalled body) get this, then cancelled
+INBOX_PRUNE_INTERVAL = 60.0
+MISMATCH_GRACE = 60.0  # seconds replicas may serve different rule sets (a rolling reload) before the self-alert
 
 
 class Daemon:
@@ -81,6 +85,13 @@ class Daemon:
         self._dsn_secrets: list[str] = []  # its password: masked like the keys
         self.deliverer: Deliverer
         self.intake: Intake
+        self.decider: Decider
+        self.membership: Membership
+        self.replica_id = config.cluster.replica_id or f"{HOST}:{config.port}"
+        shown_host = HOST if config.host in ("0.0.0.0", "::", "") else config.host
+        self.address = config.cluster.advertise or f"http://{shown_host}:{config.port}"
+        self._mismatch_since: float | None = None
+        self._mismatch_alert_open = False
         self.send_tests = SendTest(lambda pages, at: self.intake.enqueue(pages, at))
         self._stop = asyncio.Event()
         self._in_flight = 0
@@ -90,7 +101,6 @@ class Daemon:
         self._reloads_requested = 0
         self._reloads_covered = 0
         self._reload_alert_open = False
-        self._last_silence = 0
         self._storage_problem: str | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -130,7 +140,7 @@ class Daemon:
             self._lock = lock_state_dir(self.config.state_dir)  # before anything in it is read
         sockets = listen(self.config.host, self.config.port)  # before the database is touched
         try:
-            self.store = await open_store(self.config, self._dsn)
+            self.store = await open_store(self.config, self._dsn, self.replica_id)
         except StorageError as exc:
             raise StartupError([str(exc)]) from None
         if woken := await self.store.expedite_all(now=time.time()):
@@ -142,8 +152,19 @@ class Daemon:
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
             on_dead_letter=self._dead_lettered, on_outcome=self.send_tests.outcome,
         )
-        self.intake = Intake(self.store, await self._load_state(), self.deliverer.notify, self.metrics,
+        self.intake = Intake(self.store, State(started=time.time()), self.deliverer.notify, self.metrics,
                              max_notifications=self.config.ingest.max_notifications, guard=self._writable)
+        self.decider = Decider(self.store, self.intake, lambda: self.ruleset, load_state=self._load_state,
+                               inbox=self.store if isinstance(self.store, Inbox) else None)
+        cluster = self.config.cluster
+        self.membership = Membership(self.store, self._member, interval=cluster.heartbeat, lease=cluster.decider_lease,
+                                     elected=self.decider.elected, deposed=self.decider.deposed, metrics=self.metrics)
+        self.store.listen({"alert_engine_outbox": self.deliverer.notify, "alert_engine_inbox": self.decider.wake_inbox,
+                           "alert_engine_decided": self.decider.wake_results})
+        try:
+            await self.membership.start()
+        except StorageError as exc:
+            raise StartupError([f"{self.storage}: {exc}"]) from None
         await self.deliverer.start()
         counts = await self.store.counts()
         if counts.outbox:
@@ -159,6 +180,10 @@ class Daemon:
         self.scheduler.add_job(self._tick, "interval", seconds=TICK_INTERVAL, id="tick", max_instances=1,
                                coalesce=True, misfire_grace_time=None)
         self.scheduler.add_job(self._watch_storage, "interval", seconds=STORAGE_CHECK_INTERVAL, id="storage",
+                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(self._watch_cluster, "interval", seconds=self.config.cluster.heartbeat, id="cluster",
+                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(self.decider.prune, "interval", seconds=INBOX_PRUNE_INTERVAL, id="prune-inbox",
                                max_instances=1, coalesce=True)
         self.scheduler.add_job(self._prune_history, "interval", seconds=HISTORY_PRUNE_INTERVAL, id="prune",
                                next_run_time=datetime.now(UTC), max_instances=1, coalesce=True)
@@ -202,6 +227,7 @@ class Daemon:
             async with asyncio.timeout_at(deadline):
                 await self._drained.wait()
         self.scheduler.shutdown(wait=False)
+        await self.membership.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -228,20 +254,21 @@ class Daemon:
             if not self._in_flight:
                 self._drained.set()
 
-    async def accept(self, events: list[dict[str, Any]]) -> Accepted:
-        return await self.intake.accept(self.ruleset, events)
+    async def accept(self, events: list[dict[str, Any]], *, wait: float = 0.0) -> Accepted | Queued:
+        """Decided here (the decider), or handed to the decider through the inbox (waiting up to `wait`)."""
+        return await self.decider.accept(events, wait=wait)
 
-    async def accept_sentry(self, webhook: sentry.SentryEvent) -> dict[str, Any]:
+    async def accept_sentry(self, webhook: sentry.SentryEvent, *, wait: float = 0.0) -> dict[str, Any]:
         """A verified Sentry webhook: its event goes through the rules (with Sentry's defaults), its resolve
         through the state. A resend has the same effect again: a resolve finds the alert resolved, a
         trigger is a duplicate PagerDuty deduplicates by its dedup key."""
         log.info("%s", webhook.describe())
         if webhook.resolves is not None:
-            return {"resolved": await self.intake.resolve(self.ruleset, webhook.resolves)}
+            resolved = await self.decider.resolve(webhook.resolves, wait=wait)
+            return queued_view(resolved) if isinstance(resolved, Queued) else {"resolved": resolved}
         if webhook.event is None:
             return {"accepted": 0, "matched": 0, "notifications": 0}
-        accepted = await self.intake.accept(self.ruleset, [webhook.event], origin=sentry.ORIGIN)
-        return {"accepted": accepted.accepted, "matched": accepted.matched, "notifications": accepted.notifications}
+        return accepted_view(await self.decider.accept([webhook.event], origin=sentry.ORIGIN, wait=wait))
 
     # -- reload ---------------------------------------------------------------------------------------
 
@@ -280,7 +307,7 @@ class Daemon:
             return self.last_reload
         self._swap(loaded, now)
         with contextlib.suppress(StorageError):  # kept in memory; the next commit that works stores it
-            await self.intake.submit(self._retain(result.ruleset))
+            await self.decider.retain(result.ruleset, self._report_dropped)
         self.last_reload = ReloadResult(True, now, warnings=tuple(loaded.warnings),
                                         sha256=result.ruleset.sha256, rules=len(result.ruleset.rules))
         self._reloads.inc(result="success")
@@ -312,13 +339,6 @@ class Daemon:
             gone = sorted({r.name for r in old.rules} - {r.name for r in ruleset.rules})
             if gone:
                 log.info("rules removed by this reload: %s", ", ".join(gone))
-
-    def _retain(self, ruleset: RuleSet) -> Step:
-        """The step that lets go of the state of rules `ruleset` no longer has."""
-        def step(now: float) -> Iterator[list[Notification]]:
-            self._report_dropped(self.intake.state.retain({r.name for r in ruleset.rules}))
-            yield []
-        return step
 
     async def _watch_rules(self) -> None:
         """Reload when anything under the rules paths changes (inotify via watchfiles, debounced)."""
@@ -456,7 +476,41 @@ class Daemon:
             "last_reload": self.last_reload.view(),
             "dry_run": self.dry_run,
             "stopping": self.stopping,
+            "cluster": await self._cluster_view(),
         }
+
+    async def _cluster_view(self) -> dict[str, Any]:
+        """Who decides, the replicas as the last heartbeat saw them, and the inbox's backlog (PostgreSQL)."""
+        view: dict[str, Any] = ({"replica": self.replica_id, "decider": None, "replicas": []}
+                                if self.membership.view is None else self.membership.view.view(self.replica_id))
+        if isinstance(self.store, Inbox):
+            waiting, oldest = await self.store.inbox_backlog()
+            view["inbox"] = {"waiting": waiting, "oldest": iso_seconds(oldest) if oldest else None}
+        return view
+
+    def _member(self) -> Member:
+        return Member(self.replica_id, self.address, self.ruleset.sha256)
+
+    async def _watch_cluster(self) -> None:
+        """The decider pages when the live replicas serve different rule sets for longer than a rolling
+        reload takes (MISMATCH_GRACE), and resolves that page when they agree again."""
+        view = self.membership.view
+        rulesets = view.rulesets if view is not None else {}
+        if len(rulesets) <= 1:
+            self._mismatch_since = None
+            if self._mismatch_alert_open and self.decider.leading:
+                await self._resolve_self_alert(RULESET_MISMATCH_KEY)
+                self._mismatch_alert_open = False
+            return
+        now = time.monotonic()
+        if self._mismatch_since is None:
+            self._mismatch_since = now
+            log.warning("replicas serve different rule sets: %s", _rulesets_text(rulesets))
+        if self.decider.leading and not self._mismatch_alert_open and now - self._mismatch_since >= MISMATCH_GRACE:
+            await self._raise_self_alert(
+                RULESET_MISMATCH_KEY, f"alert-engine: replicas serve {len(rulesets)} different rule sets; the "
+                f"decider ({self.replica_id}) decides with its own", {"rulesets": rulesets})
+            self._mismatch_alert_open = True
 
     # -- timed housekeeping ---------------------------------------------------------------------------
 
@@ -487,9 +541,8 @@ class Daemon:
 
     async def _tick(self) -> None:
         """Timed work on the current rule set: resolves after silence, absences, mute ends, expiries."""
-        ruleset = self.ruleset
         try:
-            await self.intake.tick(ruleset)
+            await self.decider.tick()
         except StorageError as exc:
             log.error("timed work not stored, tried again in %gs: %s", TICK_INTERVAL, exc)
 
@@ -500,36 +553,19 @@ class Daemon:
 
     # -- silences -------------------------------------------------------------------------------------
 
-    async def add_silence(self, body: Any) -> Silence:
+    async def add_silence(self, body: Any) -> Silence | Queued:
         """A new silence from an API body (raises SilenceError); stored before it is answered."""
-        state = self.intake.state
-        silence = parse_silence(body, ident=0, now=time.time())
-
-        def step(now: float) -> Iterator[list[Notification]]:
-            silence.id = self._last_silence = max(state.silences, default=self._last_silence) + 1
-            state.touch_silence(silence)
-            yield []
-
-        await self.intake.submit(step)
-        log.info("silence %d added until %s by %r: %s", silence.id, iso_seconds(silence.until), silence.created_by,
-                 silence.comment)
+        silence = await self.decider.add_silence(parse_silence(body, ident=0, now=time.time()))
+        if isinstance(silence, Silence):
+            log.info("silence %d added until %s by %r: %s", silence.id, iso_seconds(silence.until),
+                     silence.created_by, silence.comment)
         return silence
 
-    async def expire_silence(self, ident: int) -> Silence | None:
-        state = self.intake.state
-        if ident not in state.silences:
-            return None
-
-        def step(now: float) -> Iterator[list[Notification]]:
-            silence = state.silences.get(ident)
-            if silence is not None:
-                silence.until = min(silence.until, now)
-                state.touch_silence(silence)
-            yield []
-
-        await self.intake.submit(step)
-        log.info("silence %d expired", ident)
-        return state.silences.get(ident)
+    async def expire_silence(self, ident: int) -> Silence | Queued | None:
+        silence = await self.decider.expire_silence(ident)
+        if silence is not None:
+            log.info("silence %d expired", ident)
+        return silence
 
     def _read_dsn(self) -> None:
         """PostgreSQL's connection string (`storage.dsn`, or the file `dsn_file`), its password kept to mask."""
@@ -557,16 +593,17 @@ class Daemon:
 
 
 
-async def open_store(config: Config, dsn: str | None) -> Store:
+async def open_store(config: Config, dsn: str | None, replica: str) -> Store:
     """The configured storage, opened: SQLite in state_dir (which the caller has locked), or PostgreSQL at
-    `dsn` (which takes its database's lock: one daemon per database). StorageError when it cannot be."""
+    `dsn`, shared with the other replicas (`replica`: this one's id). StorageError when it cannot be."""
     if dsn is None:
         return await SQLiteStore.open(config.database)
     from engine.store.postgres import PostgresStore  # psycopg: only for this backend
     from engine.store.postgres_session import SchemaMismatch
 
     try:
-        return await PostgresStore.open(dsn)
+        return await PostgresStore.open(dsn, replica=replica, delivery_lease=config.cluster.delivery_lease,
+                                        decider_lease=config.cluster.decider_lease)
     except SchemaMismatch as exc:
         if exc.older:
             raise StorageError(f"{exc}: run `alert-engine migrate --config {config.file}`") from None
@@ -593,4 +630,9 @@ async def run(config: Config, *, redactor: Redactor, dry_run: bool = False) -> i
     await daemon.wait_stopped()
     await daemon.shutdown()
     return 0
+
+
+
+def _rulesets_text(rulesets: dict[str, list[str]]) -> str:
+    return "; ".join(f"{sha[:12]} on {', '.join(ids)}" for sha, ids in sorted(rulesets.items()))
 

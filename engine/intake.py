@@ -25,6 +25,7 @@ changes.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,10 +77,15 @@ class _Deciding:
             yield render_decisions(self._ruleset, decided, now)
 
 
+# What an inbox row's step answers (as JSON in the row), given the notifications it caused.
+Result = Callable[[list[Notification]], dict[str, Any]]
+
+
 @dataclass
 class _Queued:
     step: Step
     future: asyncio.Future[list[Notification]]
+    inbox: tuple[int, Result] | None = None  # the inbox row the step decides, and its result
     notifications: list[Notification] = field(default_factory=list)
 
 
@@ -114,35 +120,44 @@ class Intake:
 
     # -- what callers submit --------------------------------------------------------------------------
 
-    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], *, origin: str | None = None
-                     ) -> Accepted:
+    async def accept(self, ruleset: RuleSet, events: Sequence[dict[str, Any]], *, origin: str | None = None,
+                     inbox: int | None = None) -> Accepted:
         """Match and decide every event on `ruleset`, commit the notifications, then wake delivery.
-        `origin`: the endpoint the events came in by (`sentry.ORIGIN`), None for POST /v1/events."""
-        matches = await self._match(ruleset, events)
+        `origin`: the endpoint the events came in by (`sentry.ORIGIN`), None for POST /v1/events;
+        `inbox`: the inbox row they came in (marked decided in the same commit)."""
+        matches = await self.match(ruleset, events)
+        matched = sum(1 for m in matches if m)
 
         def decisions(now: float) -> Iterator[list[Decision]]:
-            for event, matched in zip(events, matches, strict=True):
-                yield decide(ruleset, self.state, event, now, matched, origin=origin)
+            for event, found in zip(events, matches, strict=True):
+                yield decide(ruleset, self.state, event, now, found, origin=origin)
 
-        notifications = await self._decide(ruleset, decisions)
-        matched = sum(1 for m in matches if m)
+        def result(notifications: list[Notification]) -> dict[str, Any]:
+            return {"accepted": len(events), "matched": matched, "notifications": len(notifications)}
+
+        notifications = await self._decide(ruleset, decisions, None if inbox is None else (inbox, result))
         self._received.inc(len(events))
         self._matched.inc(matched)
         return Accepted(len(events), matched, len(notifications))
 
-    async def resolve(self, ruleset: RuleSet, dedup_key: str) -> int:
+    async def resolve(self, ruleset: RuleSet, dedup_key: str, *, inbox: int | None = None) -> int:
         """Resolve the open alert(s) with this dedup key on every service paged; how many resolves."""
-        return len(await self._decide(ruleset, lambda now: iter([resolve_key(ruleset, self.state, dedup_key)])))
+        def result(notifications: list[Notification]) -> dict[str, Any]:
+            return {"resolved": len(notifications)}
+
+        return len(await self._decide(ruleset, lambda now: iter([resolve_key(ruleset, self.state, dedup_key)]),
+                                      None if inbox is None else (inbox, result)))
 
     async def tick(self, ruleset: RuleSet) -> list[Notification]:
         """The timed work due now (`engine.decide.tick`), committed; its notifications."""
         return await self._decide(ruleset, lambda now: iter([tick(ruleset, self.state, now)]))
 
-    async def submit(self, step: Step) -> list[Notification]:
-        """Run `step` in the next batch; its notifications once they are committed with its state changes.
-        Raises StorageError (nothing of the step remains) when the commit fails."""
+    async def submit(self, step: Step, inbox: tuple[int, Result] | None = None) -> list[Notification]:
+        """Run `step` in the next batch; its notifications once they are committed with its state changes
+        (and its inbox row, marked decided with its result). Raises StorageError (nothing of the step
+        remains) when the commit fails."""
         loop = asyncio.get_running_loop()
-        queued = _Queued(step, loop.create_future())
+        queued = _Queued(step, loop.create_future(), inbox)
         self._queue.append(queued)
         if self._runner is None or self._runner.done():
             self._runner = loop.create_task(self._run(), name="alert-engine-intake")
@@ -157,19 +172,20 @@ class Intake:
         self._committed(notifications)
         return ids
 
-    async def _decide(self, ruleset: RuleSet, decisions: Callable[[float], Iterator[list[Decision]]]
-                      ) -> list[Notification]:
+    async def _decide(self, ruleset: RuleSet, decisions: Callable[[float], Iterator[list[Decision]]],
+                      inbox: tuple[int, Result] | None = None) -> list[Notification]:
         """Submit the step that renders what `decisions` decides; count its holds once it is committed."""
         step = _Deciding(ruleset, decisions)
-        notifications = await self.submit(step)
+        notifications = await self.submit(step, inbox)
         for hold in step.holds:
             self._holds.inc(reason=hold.reason)
         return notifications
 
     # -- the batches ----------------------------------------------------------------------------------
 
-    async def _match(self, ruleset: RuleSet, events: Sequence[dict[str, Any]]) -> list[list[Match]]:
-        """Every event's matches, giving the loop a turn now and then; RequestTooLarge past the limit."""
+    async def match(self, ruleset: RuleSet, events: Sequence[dict[str, Any]]) -> list[list[Match]]:
+        """Every event's matches, giving the loop a turn now and then; RequestTooLarge past the limit (a
+        replica that hands the events to the decider checks this before answering)."""
         matches: list[list[Match]] = []
         pages = 0
         turn = time.perf_counter()
@@ -205,13 +221,15 @@ class Intake:
                 log.exception("deciding failed; the batch is undone and its other requests decided again")
                 await self._rollback(self.state.changes(), exc)
                 queued.future.set_exception(exc)
-                self._queue[:0] = [_Queued(q.step, q.future) for j, q in enumerate(batch) if j != i]
+                self._queue[:0] = [_Queued(q.step, q.future, q.inbox) for j, q in enumerate(batch) if j != i]
                 return
         changes = self.state.changes()
         notifications = [n for queued in batch for n in queued.notifications]
+        decided = [(q.inbox[0], json.dumps(q.inbox[1](q.notifications), separators=(",", ":")))
+                   for q in batch if q.inbox is not None]
         try:
             self._guard()
-            await self._store.enqueue(notifications, now=now, state=changes)
+            await self._store.enqueue(notifications, now=now, state=changes, decided=decided)
         except StorageError as exc:
             failed = exc
         except Exception as exc:

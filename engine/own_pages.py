@@ -18,6 +18,7 @@ from engine.templates import Template
 SELF_RULE = "alert-engine:self"
 TEST_RULE = "alert-engine:send-test"
 RELOAD_FAILED_KEY = "alert-engine/reload-failed"
+RULESET_MISMATCH_KEY = "alert-engine/ruleset-mismatch"
 
 
 def self_alert(services: Sequence[Service], dedup_key: str, summary: str, details: Mapping[str, Any], *,

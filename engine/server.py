@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from engine.config import ADMIN, EVENTS, READ, ApiToken
+from engine.decider import Queued, accepted_view, queued_view
 from engine.deliver import RETRYING
 from engine.intake import RequestTooLarge
 from engine.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -43,6 +44,7 @@ MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
 T = TypeVar("T")
 OFF_LOOP_BYTES = 256 * 1024  # bodies from this size are parsed on a worker thread
 STORAGE_RETRY_AFTER = 5  # seconds a client is asked to wait after a storage failure
+DECISION_WAIT = 10.0  # seconds `?wait=decided` waits for the decider
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 OPEN = None  # no token needed
@@ -189,11 +191,10 @@ async def post_events(request: web.Request) -> web.Response:
             return error(413, f"{len(events)} events in one request, more than ingest.max_events ({limit}); "
                          "send smaller batches")
         try:
-            accepted = await daemon.accept(events)
+            accepted = await daemon.accept(events, wait=_decision_wait(request))
         except RequestTooLarge as exc:
             return error(413, str(exc))
-    return web.json_response({"accepted": accepted.accepted, "matched": accepted.matched,
-                              "notifications": accepted.notifications}, status=202)
+    return web.json_response(accepted_view(accepted), status=202)
 
 
 async def post_sentry(request: web.Request) -> web.Response:
@@ -225,7 +226,7 @@ async def post_sentry(request: web.Request) -> web.Response:
             sentry_auth.check_body_time(webhook.happened, max_age=config.max_age, now=now)
         except sentry_auth.SentryAuthError as exc:
             return _refused(exc)
-        answer = await daemon.accept_sentry(webhook)
+        answer = await daemon.accept_sentry(webhook, wait=_decision_wait(request))
     return web.json_response(answer, status=202)
 
 
@@ -363,12 +364,14 @@ async def add_silence(request: web.Request) -> web.Response:
         silence = await request.app[DAEMON].add_silence(body)
     except SilenceError as exc:
         return error(400, str(exc))
+    if isinstance(silence, Queued):
+        return _undecided(silence)
     return web.json_response(_silence(silence), status=201)
 
 
 async def list_silences(request: web.Request) -> web.Response:
     now = time.time()
-    silences = sorted(request.app[DAEMON].intake.state.silences.values(), key=lambda s: s.id)
+    silences = await request.app[DAEMON].decider.silences()
     return web.json_response({"silences": [_silence(s, now) for s in silences]})
 
 
@@ -377,7 +380,25 @@ async def expire_silence(request: web.Request) -> web.Response:
     silence = await request.app[DAEMON].expire_silence(ident)
     if silence is None:
         return error(404, f"no silence {ident}")
+    if isinstance(silence, Queued):
+        return _undecided(silence)
     return web.json_response(_silence(silence))
+
+
+def _undecided(queued: Queued) -> web.Response:
+    """A request stored in the inbox that the decider did not take within the wait (no decider now)."""
+    return web.json_response({**queued_view(queued), "detail": "stored for the decider, which has not decided "
+                              "it yet (is one running? see /v1/status); it takes effect once decided"}, status=202)
+
+
+def _decision_wait(request: web.Request) -> float:
+    """`?wait=decided`: how long a replica that is not the decider waits for the decision."""
+    wait = request.query.get("wait")
+    if wait is None:
+        return 0.0
+    if wait != "decided":
+        raise web.HTTPBadRequest(reason="wait: the one value is 'decided'")
+    return DECISION_WAIT
 
 
 def _silence(silence: Silence, now: float | None = None) -> dict[str, Any]:

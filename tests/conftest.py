@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from engine.cluster import Member
 from engine.render import Notification
+from engine.store import Store
 from engine.store.postgres_session import migrate_database
 from tests.postgres import Cluster, find_bindir
 
@@ -401,3 +403,12 @@ def own_postgres() -> Iterator[Cluster]:
     `alert_engine`."""
     with _cluster("alert_engine") as cluster:
         yield cluster
+
+
+async def lead(store: Store) -> int:
+    """Make `store`'s replica the decider (a heartbeat, then `lead`), as the daemon does: writes of alert
+    state are fenced by the decider's epoch. Its epoch."""
+    view = await store.heartbeat(Member("test", "http://127.0.0.1", "sha"))
+    assert view.leading and view.epoch is not None, view
+    await store.lead(view.epoch)
+    return view.epoch

@@ -441,6 +441,7 @@ async def test_alert_state_is_stored_with_its_notifications_and_read_back_whole_
     odd = "checkout/web-1,\x00\u00e9\U0001f4a5"  # a group key made of event fields: any character, NUL too
     store = await backend.open()
     try:
+        await conftest.lead(store)
         await store.enqueue([notification(dedup_key=odd)], now=NOW, state=StateChanges(
             upserts=(("errors", odd, '{"open":true}'), ("errors", "b", '{"open":false}'), ("deploys", "a", "{}")),
             silences=((1, '{"id":1}'), (2, '{"id":2}'))))
@@ -472,6 +473,7 @@ async def test_alert_state_is_stored_with_its_notifications_and_read_back_whole_
 async def test_a_failed_state_write_changes_nothing_and_fails_alone(backend, notification):
     store = await backend.open()
     try:
+        await conftest.lead(store)
         await store.enqueue([], now=NOW, state=StateChanges(upserts=(("errors", "a", "{}"),)))
         backend.refuse_writes("ROW.dedup_key = 'refused'")
         results = await asyncio.gather(

@@ -1,22 +1,21 @@
-"""What only the PostgreSQL store does: schema versions and `migrate`, one alert-engine per database (an
-advisory lock), leases a dead process left, DSNs that never show their password, and a server that stops
+"""What only the PostgreSQL store does: schema versions and `migrate` (which waits for every replica to
+stop: an advisory lock they hold shared), one process per replica id, leases a dead process left, DSNs that never show their password, and a server that stops
 and comes back under an open store (a cluster of the test's own, stopped with pg_ctl)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import sys
 
 import psycopg
 import pytest
 
+from engine.cluster import Member
 from engine.intake import Intake
 from engine.metrics import Registry
 from engine.state import State
 from engine.store import StorageError
-from engine.store.postgres import PostgresStore
+from engine.store.postgres import PostgresStore, ReplicaInUse
 from engine.store.postgres_schema import SCHEMA_VERSION
 from engine.store.postgres_session import (
     DatabaseInUse,
@@ -26,6 +25,7 @@ from engine.store.postgres_session import (
     dsn_secrets,
     migrate_database,
 )
+from tests.conftest import lead
 from tests.postgres import USER
 from tests.test_intake import Clock, load
 
@@ -56,25 +56,27 @@ async def test_a_database_newer_than_this_alert_engine_is_refused_by_the_store_a
         assert not newer.value.older
 
 
-async def test_one_store_per_database_the_second_is_told_who_holds_it_and_migrate_waits_too(postgres_dsn):
-    first = await PostgresStore.open(postgres_dsn)
+async def test_replicas_share_a_database_migrate_waits_for_all_and_one_replica_id_runs_once(postgres_dsn):
+    first = await PostgresStore.open(postgres_dsn, replica="one")
+    second = await PostgresStore.open(postgres_dsn, replica="two")
     try:
-        holder = f"alert-engine {socket.gethostname()} pid {os.getpid()}"
         with pytest.raises(DatabaseInUse) as refused:
-            await PostgresStore.open(postgres_dsn)
-        assert str(refused.value) == f"database {describe(postgres_dsn)} is in use by another alert-engine ({holder})"
-        with pytest.raises(DatabaseInUse):
             await migrate_database(postgres_dsn)
+        assert str(refused.value) == (f"database {describe(postgres_dsn)} is in use by alert-engine ({first.session}, "
+                                      f"{second.session}): stop every replica to migrate it")
+        await first.heartbeat(Member("one", "http://one", "sha"))
+        with pytest.raises(ReplicaInUse, match="replica id 'one' is in use by a running alert-engine"):
+            await PostgresStore.open(postgres_dsn, replica="one")
     finally:
         await first.close()
-    second = await PostgresStore.open(postgres_dsn)  # the lock went with the first one's session
-    await second.close()
+        await second.close()
+    assert await migrate_database(postgres_dsn)  # the locks went with the sessions
 
 
 CLAIMED_THEN_KILLED = """
 import asyncio, os, signal, sys
 from engine.render import Notification
-from engine.store.postgres import PostgresStore
+from engine.store.postgres import PostgresStore, ReplicaInUse
 
 async def main():
     store = await PostgresStore.open(sys.argv[1])
@@ -142,6 +144,7 @@ async def test_a_server_that_stops_fails_writes_keeps_leases_and_state_and_every
     dsn = own_postgres.dsn("alert_engine")
     store = await PostgresStore.open(dsn)
     try:
+        await lead(store)
         await store.enqueue([notification(dedup_key="a"), notification(dedup_key="b")], now=NOW)
         a, b = sorted(await store.claim(now=NOW, limit=10), key=lambda e: e.notification.dedup_key)
         own_postgres.stop()
@@ -158,8 +161,6 @@ async def test_a_server_that_stops_fails_writes_keeps_leases_and_state_and_every
         own_postgres.start()
         await store.probe()  # a new connection, the lock taken again
         assert store.problem() is None
-        with pytest.raises(DatabaseInUse):
-            await PostgresStore.open(dsn)
         await store.complete(a, now=NOW, status=202, response="")  # the holder's retry goes through
         [again] = await store.claim(now=NOW, limit=10)  # b: released while the server was away
         assert again.notification.dedup_key == "b"
@@ -172,6 +173,7 @@ async def test_a_batch_whose_commit_failed_with_the_server_gone_is_put_back_as_s
     rs, clock = load(tmp_path), Clock()
     store = await PostgresStore.open(own_postgres.dsn("alert_engine"))
     try:
+        await lead(store)
         intake = Intake(store, State(), lambda: None, Registry(), clock=clock)
         assert (await intake.accept(rs, [{"kind": "deploy", "host": "a"}])).notifications == 2
         own_postgres.stop()

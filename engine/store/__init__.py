@@ -31,10 +31,11 @@ earlier triggers folded into a notification, counting the ones they had folded i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from engine.cluster import ClusterView, Member
 from engine.render import Notification, with_details
 from engine.state import StateChanges
 
@@ -117,10 +118,27 @@ class Store(Protocol):
     """What delivery, the daemon and the CLI need from storage. Times are seconds since the epoch."""
 
     async def enqueue(
-        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
+        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None,
+        decided: Sequence[tuple[int, str]] = (),
     ) -> list[int]:
         """Add the notifications (created and due `now`) durably, in one transaction with the state
-        changes that caused them; their ids, in order."""
+        changes that caused them and the inbox rows (id, result as JSON) they decided; their ids, in
+        order. With state changes or inbox rows, only while this replica decides (`lead`): else (and when
+        another replica decides now) StorageError, nothing written."""
+        ...
+
+    async def heartbeat(self, me: Member) -> ClusterView:
+        """Record this replica alive and renew its leases; keep, take or leave the decider's lease
+        (engine/cluster.py). SQLite: one replica, always the decider."""
+        ...
+
+    async def lead(self, epoch: int | None) -> None:
+        """Decide, fenced by `epoch`, from now on (the alert state read afresh), or stop deciding (None)."""
+        ...
+
+    def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
+        """Call `wake[channel]()` when another replica committed work for `channel` (outbox, inbox,
+        decided); SQLite has no other replica."""
         ...
 
     async def load_state(

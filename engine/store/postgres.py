@@ -1,22 +1,25 @@
-"""The `Store` on PostgreSQL (psycopg 3, async), for one alert-engine per database.
+"""The `Store` on PostgreSQL (psycopg 3, async), shared by any number of replicas (docs/ha.md).
 
-Every write runs on one session that holds the database's lock, group-committed (`postgres_session.Writer`:
-reconnecting, and taking the lock again, after the connection broke); reads go through a small pool
-(psycopg_pool). The schema and its migrations are in `postgres_schema`: this store only checks that the
-database is at its version (`alert-engine migrate` changes it).
+Every write of a replica runs on one session that holds the database's lock shared, group-committed
+(`postgres_session.Writer`: reconnecting, and taking the lock again, after the connection broke); reads
+go through a small pool (psycopg_pool); the heartbeat has a connection of its own, whose backend the
+decider's lease names (`postgres_cluster`). The schema and its migrations are in `postgres_schema`: this
+store only checks that the database is at its version (`alert-engine migrate` changes it).
 
-Leases are in the database (`chains.lease_owner`, `lease_token`, see `postgres_schema`): a claim leases
-chain heads with `FOR UPDATE SKIP LOCKED`, and `complete`, `retry_later`, `dead_letter` and `collapse`
-check this store's token for the chain in their transaction, the first three ending the lease in it: a
-lease ends only with a committed write. `release` forgets the leases here at once and clears them in the
-database when it can; until then the next claim counts them as free. On taking the lock, leases that
-other processes left are cleared: holding the lock, this process is the only alert-engine alive.
+Leases are in the database (`chains.lease_owner`, `lease_token`, `lease_until`): a claim leases chain
+heads with `FOR UPDATE SKIP LOCKED` for `delivery_lease` seconds, which the heartbeat extends; a lease that
+ran out, or whose owner's session has no connection left (a process killed), is free again. `complete`, `retry_later`,
+`dead_letter` and `collapse` check this store's token for the chain in their transaction (a replica whose
+chain was claimed by another after its lease ran out cannot complete it), the first three ending the
+lease in it: a lease ends only with a committed write. `release` forgets the leases here at once and
+clears them in the database when it can; until then the next claim counts them as free.
 
-Alert state: read once at open. This store is then its only writer, so it keeps a copy of what it
-committed and `load_state` answers from it, also while the database cannot be reached: the intake puts a
-batch whose commit failed back as stored even when the failure was losing the server. (A commit whose
-answer was lost with the connection may have been stored after all: the client got a 503 and retries;
-at least once.)
+Alert state: only the decider writes it, each write fenced by its epoch (`postgres_cluster.fence`). While
+this replica decides (`lead`), the store keeps a copy of what it committed and `load_state` answers from
+it, also while the database cannot be reached: the intake puts a batch whose commit failed back as
+stored even when the failure was losing the server. (A commit whose answer was lost with the connection
+may have been stored after all: the client got a 503 and retries; at least once.) Otherwise `load_state`
+reads the database.
 
 `lost()` is always None: the database is a server, not a file this process holds open that could be
 deleted or replaced under it; a database dropped or unreachable shows as failing writes (`problem()`).
@@ -24,16 +27,20 @@ deleted or replaced under it; a database dropped or unreachable shows as failing
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from engine.cluster import ClusterView, Member
 from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
@@ -48,6 +55,8 @@ from engine.store import (
     StoreCounts,
     fold_collapsed_count,
 )
+from engine.store import postgres_cluster as cluster
+from engine.store.postgres_cluster import NOW, InboxItem, Listener
 from engine.store.postgres_schema import SCHEMA_VERSION, schema_version
 from engine.store.postgres_session import (
     CONNECT_TIMEOUT,
@@ -64,30 +73,39 @@ from engine.store.postgres_session import (
 )
 from engine.store.rows import collapse_run, display_fields, history_filters, outbox_entry, stored_body
 
+log = logging.getLogger("alert_engine.store")
+
 PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a database that takes a batch
 RESPONSE_LIMIT = 8192  # characters of a response body kept
 POOL_SIZE = 4  # read connections
 POOL_TIMEOUT = 5.0  # seconds a read waits for a connection
+REPLICA_CHECKS = 12  # looks, 0.25 s apart, for another live process with this replica's id before refusing
 
 _ENTRY = "id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed"
-_FREE = "(lease_token IS NULL OR lease_token = ANY(%(stale)s::bigint[]))"  # not leased, or released here
+# not leased, released here, the lease ran out, or its owner's process is gone (no connection left)
+_FREE = (f"(lease_token IS NULL OR lease_token = ANY(%(stale)s::bigint[]) OR lease_until < {NOW} OR lease_owner <> "
+         "ALL(ARRAY(SELECT application_name FROM pg_stat_activity WHERE datname = current_database())))")
 _CLAIM = f"""
 WITH free AS (SELECT service, dedup_key, lease_token AS was FROM chains WHERE due <= %(now)s AND {_FREE}
               ORDER BY due, head LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
-     leased AS (UPDATE chains c SET lease_owner = %(owner)s, lease_token = nextval('lease_tokens')
+     leased AS (UPDATE chains c SET lease_owner = %(owner)s, lease_token = nextval('lease_tokens'),
+                lease_until = {NOW} + %(lease)s
                 FROM free WHERE c.service = free.service AND c.dedup_key = free.dedup_key
                 RETURNING c.head, c.lease_token, free.was)
 SELECT {', '.join('o.' + c for c in _ENTRY.split(', '))}, leased.lease_token, leased.was
 FROM leased JOIN outbox o ON o.id = leased.head ORDER BY o.due, o.id
 """
+# a new chain for each notification whose chain there is not; an existing chain row is locked (the no-op
+# update), so a delivery ending that chain's last notification waits for this transaction, and then sees
+# the new one as its next head, instead of deleting the chain under it
 _NEW_CHAINS = """
 INSERT INTO chains (service, dedup_key, head, due)
 SELECT DISTINCT ON (service, dedup_key) service, dedup_key, id, %s
 FROM unnest(%s::text[], %s::bytea[], %s::bigint[]) AS t(service, dedup_key, id)
-ORDER BY service, dedup_key, id ON CONFLICT (service, dedup_key) DO NOTHING
+ORDER BY service, dedup_key, id ON CONFLICT (service, dedup_key) DO UPDATE SET head = chains.head
 """
 _NEXT_HEAD = """
-UPDATE chains c SET head = n.id, due = n.due, lease_owner = NULL, lease_token = NULL
+UPDATE chains c SET head = n.id, due = n.due, lease_owner = NULL, lease_token = NULL, lease_until = NULL
 FROM (SELECT id, due FROM outbox WHERE service = %(service)s AND dedup_key = %(key)s ORDER BY id LIMIT 1) n
 WHERE c.service = %(service)s AND c.dedup_key = %(key)s
 """
@@ -107,41 +125,61 @@ T = TypeVar("T")
 Chain = tuple[str, str]  # (service, dedup key)
 
 
-class PostgresStore:
-    """The outbox, history, dead letters and alert state in one PostgreSQL database. Build it with
-    `await PostgresStore.open(dsn)`; `where` names the database in messages (no password)."""
+class ReplicaInUse(StorageError):
+    """Another running process beats with this replica's id."""
 
-    def __init__(self, writer: Writer, pool: AsyncConnectionPool[Any], messages: Messages, owner: str) -> None:
+
+class PostgresStore:
+    """The outbox, history, dead letters, alert state, inbox and heartbeats in one PostgreSQL database,
+    for one replica. Build it with `await PostgresStore.open(dsn, replica=...)`; `where` names the
+    database in messages (no password)."""
+
+    def __init__(self, writer: Writer, pool: AsyncConnectionPool[Any], messages: Messages, session: str,
+                 conninfo: str, *, delivery_lease: float, decider_lease: float) -> None:
         self.where = messages.where
+        self.session = session  # this process: its connections' application_name, its leases' owner
         self._writer = writer
         self._pool = pool
         self._messages = messages
-        self._owner = owner  # whose leases: this process
+        self._conninfo = conninfo
+        self._owner = session
+        self._delivery_lease = delivery_lease
+        self._decider_lease = decider_lease
+        self._started = time.time()
+        self._beating: Connection | None = None  # the heartbeat's connection (the decider's lease names it)
+        self._listener: Listener | None = None
         self._leases: dict[Chain, int] = {}  # the chains this store holds, and their lease tokens
         self._stale: set[int] = set()  # tokens released here, perhaps not yet in the database
-        self._groups: dict[tuple[str, str], str] = {}  # the alert state as committed
+        self._epoch: int | None = None  # the decider's epoch while this replica decides
+        self._groups: dict[tuple[str, str], str] = {}  # the alert state as committed, while deciding
         self._silences: dict[int, str] = {}
         self._closed = False
 
     @classmethod
-    async def open(cls, dsn: str) -> PostgresStore:
-        """Connect, take the database's lock, check its encoding and schema version, clear the leases dead
-        processes left, read the alert state. StorageError (DatabaseInUse, SchemaMismatch) when it cannot."""
+    async def open(cls, dsn: str, *, replica: str | None = None, delivery_lease: float = 60.0,
+                   decider_lease: float = 10.0) -> PostgresStore:
+        """Connect (holding the database's lock shared), check its encoding and schema version, free the
+        leases an earlier process of this replica left. StorageError (DatabaseInUse, SchemaMismatch) when
+        it cannot."""
         messages = Messages(describe(dsn), dsn_secrets(dsn))
-        host, pid = socket.gethostname(), os.getpid()
-        owner = f"{host}:{pid}:{secrets.token_hex(4)}"
-        conninfo = connection_info(dsn, f"alert-engine {host} pid {pid}")
+        replica = replica or f"{socket.gethostname()}:{os.getpid()}"
+        session = f"alert-engine/{replica[:40]}/{secrets.token_hex(4)}"  # within application_name's 63 bytes
+        conninfo = connection_info(dsn, session)
 
         async def writer_session() -> Connection:
-            return await _locked(await connect(conninfo, messages), messages.where, owner)
+            return await _locked(await connect(conninfo, messages), messages.where, session)
 
         conn = await messages.naming(writer_session())
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection, timeout=POOL_TIMEOUT, name="alert-engine")
-        store = cls(Writer(conn, writer_session, messages), pool, messages, owner)
+        store = cls(Writer(conn, writer_session, messages), pool, messages, session, conninfo,
+                    delivery_lease=delivery_lease, decider_lease=decider_lease)
         try:
-            await messages.naming(store._load(conn))
+            await messages.naming(_replica_free(conn, replica, session, messages.where))
+            await messages.naming(conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL, "
+                                               "lease_until = NULL WHERE lease_owner LIKE %s AND lease_owner <> %s",
+                                               (f"alert-engine/{replica[:40]}/%", session)))
             await messages.naming(pool.open(wait=True, timeout=float(CONNECT_TIMEOUT)))
         except BaseException:
             await conn.close()
@@ -154,11 +192,67 @@ class PostgresStore:
         """Transactions committed: group commit makes this lower than the writes."""
         return self._writer.commits
 
-    async def _load(self, conn: Connection) -> None:
-        cur = await conn.execute("SELECT rule, key, data FROM alert_state")
-        self._groups = {(rule, _text_key(key)): data for rule, key, data in await cur.fetchall()}
-        cur = await conn.execute("SELECT id, data FROM silences")
-        self._silences = dict(await cur.fetchall())
+    # -- the cluster ----------------------------------------------------------------------------------
+
+    async def heartbeat(self, me: Member) -> ClusterView:
+        """This replica alive, its leases renewed, the decider's lease renewed or taken (`postgres_cluster`)."""
+        if self._closed:
+            raise RuntimeError("store is closed")
+        try:
+            if self._beating is None or self._beating.closed:
+                self._beating = await connect(self._conninfo, self._messages)
+            return await cluster.beat(self._beating, me, self.session, started=self._started,
+                                      decider_lease=self._decider_lease, delivery_lease=self._delivery_lease)
+        except psycopg.Error as exc:
+            raise self._messages.error(exc) from exc
+        except asyncio.CancelledError:  # timed out mid-way: the connection is in an unknown state
+            beating, self._beating = self._beating, None
+            if beating is not None:
+                await beating.close()
+            raise
+
+    async def lead(self, epoch: int | None) -> None:
+        """Decide with `epoch` from now on (the alert state read afresh), or not at all (None)."""
+        self._epoch = None
+        self._groups, self._silences = {}, {}
+        if epoch is None:
+            return
+
+        async def read(conn: Connection) -> None:
+            cur = await conn.execute("SELECT rule, key, data FROM alert_state")
+            self._groups = {(rule, _text_key(key)): data for rule, key, data in await cur.fetchall()}
+            cur = await conn.execute("SELECT id, data FROM silences")
+            self._silences = dict(await cur.fetchall())
+
+        await self._read(read)
+        self._epoch = epoch
+
+    def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
+        """Call `wake[channel]()` when another replica committed work for it (`postgres_cluster.CHANNELS`)."""
+        async def connect_listener() -> Connection:
+            return await connect(self._conninfo, self._messages)
+
+        self._listener = Listener(connect_listener, self._messages, wake)
+        self._listener.start()
+
+    async def put_inbox(self, kind: str, body: dict[str, Any]) -> int:
+        """Hand a request to the decider: its inbox id once committed."""
+        return await self._write(lambda conn: cluster.put(conn, kind, body, self.session))
+
+    async def take_inbox(self, *, limit: int) -> list[InboxItem]:
+        """Inbox rows not decided yet, oldest first."""
+        return await self._read(lambda conn: cluster.waiting(conn, limit=limit))
+
+    async def inbox_results(self, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The results of those inbox rows that are decided."""
+        return await self._read(lambda conn: cluster.results(conn, ids))
+
+    async def inbox_backlog(self) -> tuple[int, float | None]:
+        """Inbox rows waiting for the decider, and when the oldest came."""
+        return await self._read(cluster.backlog)
+
+    async def prune_inbox(self) -> int:
+        return await self._write(cluster.prune)
 
     async def _read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         if self._closed:
@@ -179,35 +273,49 @@ class PostgresStore:
             return
         self._closed = True
 
-        async def give_back(conn: Connection) -> None:  # for the next start, which clears them anyway
-            await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL WHERE lease_owner = %s",
-                               (self._owner,))
+        async def give_back(conn: Connection) -> None:  # for the other replicas, at once
+            await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL, lease_until = NULL "
+                               "WHERE lease_owner = %s", (self._owner,))
+            await conn.execute("UPDATE decider SET until = 0 WHERE holder = %s", (self.session,))
 
+        if self._listener is not None:
+            await self._listener.stop()
         await self._writer.close(give_back)  # the lock goes with the session
         await self._pool.close()
+        if self._beating is not None:
+            await self._beating.close()
 
     # -- the outbox ----------------------------------------------------------------------------------
 
     async def enqueue(
-        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
+        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None,
+        decided: Sequence[tuple[int, str]] = (),
     ) -> list[int]:
-        if not notifications and not state:
+        if not notifications and not state and not decided:
             return []
         columns = list(zip(*((n.rule, n.service, n.api, n.action, _key(n.dedup_key), n.json())
                              for n in notifications), strict=True)) if notifications else []
+        epoch = self._epoch
+        fenced = bool(state or decided)
 
         async def insert(conn: Connection) -> list[int]:
+            if fenced:
+                await cluster.fence(conn, epoch)
             if state:
                 await _write_state(conn, state)
+            if decided:
+                assert epoch is not None
+                await cluster.decide(conn, decided, epoch)
             if not notifications:
                 return []
             cur = await conn.execute("SELECT nextval('outbox_ids') FROM generate_series(1, %s)", (len(notifications),))
             ids = sorted(row[0] for row in await cur.fetchall())
             await conn.execute(
-                "INSERT INTO outbox (id, rule, service, api, action, dedup_key, body, created, due) SELECT *, %s, %s "
-                "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::bytea[], %s::text[])",
-                (now, now, ids, *map(list, columns)))
+                "INSERT INTO outbox (id, rule, service, api, action, dedup_key, body, created, due, epoch) "
+                "SELECT *, %s, %s, %s FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], "
+                "%s::bytea[], %s::text[])", (now, now, epoch if fenced else 0, ids, *map(list, columns)))
             await conn.execute(_NEW_CHAINS, (now, list(columns[1]), list(columns[4]), ids))
+            await conn.execute("SELECT pg_notify(%s, '')", (cluster.OUTBOX,))
             return ids
 
         return await self._write(insert, then=lambda _: self._remember(state))
@@ -215,7 +323,7 @@ class PostgresStore:
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
         async def lease(conn: Connection) -> list[tuple[OutboxEntry, int, int | None]]:
             cur = await conn.execute(_CLAIM, {"now": now, "limit": limit, "owner": self._owner,
-                                              "stale": list(self._stale)})
+                                              "stale": list(self._stale), "lease": self._delivery_lease})
             return [(outbox_entry(_text_row(row[:11])), row[11], row[12]) for row in await cur.fetchall()]
 
         def hold(claimed: list[tuple[OutboxEntry, int, int | None]]) -> None:
@@ -398,13 +506,15 @@ class PostgresStore:
     ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
         if self._closed:
             raise RuntimeError("store is closed")
+        if self._epoch is None:
+            return await self._read(lambda conn: _stored_state(conn, groups, silences))
         wanted = sorted(self._groups) if groups is None else [g for g in groups if g in self._groups]
         ids = sorted(self._silences) if silences is None else [i for i in silences if i in self._silences]
         return [(rule, key, self._groups[rule, key]) for rule, key in wanted], [(i, self._silences[i]) for i in ids]
 
     def _remember(self, changes: StateChanges | None) -> None:
         """What a committed transaction wrote of the alert state."""
-        if not changes:
+        if not changes or self._epoch is None:
             return
         self._groups.update(((rule, key), data) for rule, key, data in changes.upserts)
         for group in changes.deletes:
@@ -441,18 +551,47 @@ class PostgresStore:
 # -- connecting ---------------------------------------------------------------------------------------
 
 
-async def _locked(conn: Connection, where: str, owner: str) -> Connection:
-    """The writer's session: the lock taken, the schema checked, the leases dead processes left cleared."""
+async def _locked(conn: Connection, where: str, session: str) -> Connection:
+    """The writer's session: the lock taken (shared), the schema checked."""
     try:
-        await take_lock(conn, where)
+        await take_lock(conn, where, shared=True)
         found = await schema_version(conn)
         if found != SCHEMA_VERSION:
             raise SchemaMismatch(where, found)
-        await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL WHERE lease_owner <> %s", (owner,))
     except BaseException:
         await conn.close()
         raise
     return conn
+
+
+async def _replica_free(conn: Connection, replica: str, session: str, where: str) -> None:
+    """ReplicaInUse when another process that is still connected beats as `replica` (given a few seconds:
+    the server ends the sessions of a process just killed a moment after it died)."""
+    for _ in range(REPLICA_CHECKS):
+        cur = await conn.execute("SELECT r.session FROM replicas r JOIN pg_stat_activity a ON a.application_name = "
+                                 "r.session WHERE r.id = %s AND r.session <> %s LIMIT 1", (replica, session))
+        if not await cur.fetchone():
+            return
+        await asyncio.sleep(0.25)
+    raise ReplicaInUse(f"database {where}: replica id {replica!r} is in use by a running alert-engine; "
+                           "give each replica its own cluster.replica_id")
+
+
+async def _stored_state(conn: Connection, groups: Sequence[tuple[str, str]] | None, silences: Sequence[int] | None
+                        ) -> tuple[list[tuple[str, str, str]], list[tuple[int, str]]]:
+    if groups is None:
+        cur = await conn.execute("SELECT rule, key, data FROM alert_state ORDER BY rule, key")
+    else:
+        cur = await conn.execute("SELECT s.rule, s.key, s.data FROM alert_state s JOIN unnest(%s::text[], %s::bytea[]) "
+                                 "AS g(rule, key) ON s.rule = g.rule AND s.key = g.key ORDER BY 1, 2",
+                                 ([r for r, _ in groups], [_key(k) for _, k in groups]))
+    rows = [(rule, _text_key(key), data) for rule, key, data in await cur.fetchall()]
+    if silences is None:
+        cur = await conn.execute("SELECT id, data FROM silences ORDER BY id")
+    else:
+        cur = await conn.execute("SELECT id, data FROM silences WHERE id = ANY(%s::bigint[]) ORDER BY id",
+                                 (list(silences),))
+    return rows, list(await cur.fetchall())
 
 
 # -- what the writes share ----------------------------------------------------------------------------

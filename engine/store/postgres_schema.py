@@ -13,6 +13,12 @@ A chain is every notification of one (service, dedup key), oldest first; `chains
 chain: its head (the oldest notification, the only one delivery may send) and the head's due time, and
 the lease on it (`lease_owner`, `lease_token`) while a process delivers it. Claims lock chain rows with
 `FOR UPDATE SKIP LOCKED`; every write that ends a delivery checks the lease token in its transaction.
+A lease runs out at `lease_until` (the database's clock) unless its replica's heartbeat extends it.
+
+Shared by the replicas (engine/store/postgres_cluster.py): `decider`, the one row of the decider's lease
+and epoch; `replicas`, their heartbeats; `inbox`, what replicas that do not decide hand to the decider;
+`pacing`, the pace of each integration key (by digest, never the key). `outbox.epoch` is the decider's
+epoch that wrote a notification (0: written without deciding, like a test page).
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ import psycopg
 
 SCHEMA_VERSION_TABLE = "schema_migrations"
 
-# Advisory lock keys (classid, objid): one alert-engine per database until several replicas share one;
-# a migration takes the same lock, so it never runs under a daemon.
+# Advisory lock keys (classid, objid): replicas hold it shared, a migration exclusively, so a migration
+# never runs under a daemon.
 LOCK_CLASS = 0x616C6572  # "aler"
 DATABASE_LOCK = 1
 

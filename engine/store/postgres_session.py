@@ -1,11 +1,11 @@
 """The PostgreSQL store's sessions: connection strings as messages show them, the database's lock, the
 writer that group-commits every write, and `migrate_database` for `alert-engine migrate`.
 
-One alert-engine per database, until several replicas share one: its writer's session holds an advisory
-lock (`pg_try_advisory_lock`), and a second one is told who holds it (`DatabaseInUse`, naming the
-holder's `application_name`: alert-engine HOST pid PID). A migration takes the same lock, so it never
-runs under a daemon. PostgreSQL frees the lock when the session ends: at once when the process exits,
-however it exits; over a network, once the server notices the connection is gone (TCP keepalives).
+Any number of replicas share a database: each one's writer session holds the database's advisory lock
+shared (`pg_try_advisory_lock_shared`), and a migration takes it exclusively, so a migration never runs
+under a replica, nor a replica during a migration (`DatabaseInUse` names who holds it). PostgreSQL frees
+the lock when the session ends: at once when the process exits, however it exits; over a network, once
+the server notices the connection is gone (TCP keepalives, `KEEPALIVES`).
 
 The writer runs the writes as SQLite's store does: the writes queued while a transaction commits go into
 the next one, each in its own savepoint (one failing write fails alone). When its connection breaks
@@ -35,6 +35,10 @@ from engine.store.postgres_schema import DATABASE_LOCK, LOCK_CLASS, SCHEMA_VERSI
 log = logging.getLogger("alert_engine.store")
 
 CONNECT_TIMEOUT = "5"  # seconds, unless the DSN says otherwise
+# unless the DSN says otherwise: a server or network gone silent fails the connection within ~10 s
+# (tcp_user_timeout: unacknowledged data; keepalives: an idle connection), instead of hanging a write
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "5", "keepalives_interval": "2", "keepalives_count": "3",
+              "tcp_user_timeout": "10000"}
 
 T = TypeVar("T")
 Connection = psycopg.AsyncConnection[Any]
@@ -106,7 +110,7 @@ class Messages:
 def connection_info(dsn: str, application_name: str) -> str:
     """The DSN with our defaults for what it does not set: who we are, and how long to try connecting."""
     given = conninfo_to_dict(dsn)
-    defaults = {"application_name": application_name[:63], "connect_timeout": CONNECT_TIMEOUT}
+    defaults = {"application_name": application_name[:63], "connect_timeout": CONNECT_TIMEOUT, **KEEPALIVES}
     return make_conninfo(dsn, **{k: v for k, v in defaults.items() if k not in given})
 
 
@@ -124,20 +128,24 @@ async def connect(conninfo: str, messages: Messages) -> Connection:
     return conn
 
 
-async def take_lock(conn: Connection, where: str) -> None:
-    """The database's lock for this session, or DatabaseInUse naming who holds it."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int)", (LOCK_CLASS, DATABASE_LOCK))
+async def take_lock(conn: Connection, where: str, *, shared: bool) -> None:
+    """The database's lock for this session: shared by the replicas, exclusive for a migration; or
+    DatabaseInUse naming who holds it the other way."""
+    function = "pg_try_advisory_lock_shared" if shared else "pg_try_advisory_lock"
+    cur = await conn.execute(f"SELECT {function}(%s::int, %s::int)", (LOCK_CLASS, DATABASE_LOCK))
     row = await cur.fetchone()
     if row and row[0]:
         return
     cur = await conn.execute(
-        "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "SELECT DISTINCT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
         "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s::int::oid AND l.objid = %s::int::oid "
-        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) ORDER BY 1",
         (LOCK_CLASS, DATABASE_LOCK))
-    holder = await cur.fetchone()
-    who = f" ({holder[0]})" if holder and holder[0] else ""
-    raise DatabaseInUse(f"database {where} is in use by another alert-engine{who}")
+    holders = [name for name, in await cur.fetchall() if name]
+    who = f" ({', '.join(holders)})" if holders else ""
+    if shared:
+        raise DatabaseInUse(f"database {where} is being migrated{who}")
+    raise DatabaseInUse(f"database {where} is in use by alert-engine{who}: stop every replica to migrate it")
 
 
 async def migrate_database(dsn: str) -> tuple[str, int, int]:
@@ -146,7 +154,7 @@ async def migrate_database(dsn: str) -> tuple[str, int, int]:
     messages = Messages(describe(dsn), dsn_secrets(dsn))
     conn = await connect(connection_info(dsn, "alert-engine migrate"), messages)
     try:
-        await messages.naming(take_lock(conn, messages.where))
+        await messages.naming(take_lock(conn, messages.where, shared=False))
         before, after = await messages.naming(migrate(conn))
     finally:
         await conn.close()  # the lock goes with the session
@@ -164,7 +172,7 @@ class _Write:
 
 class Writer:
     """Runs every write on one connection, in groups (module docstring). `connect()` makes a connection
-    that holds the lock; `problem` is the last write's failure until a write succeeds."""
+    that holds the lock (shared); `problem` is the last write's failure until a write succeeds."""
 
     def __init__(self, conn: Connection, connect: Callable[[], Awaitable[Connection]], messages: Messages) -> None:
         self._conn: Connection | None = conn

@@ -16,12 +16,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from engine.cluster import ClusterView, Member, Replica
 from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
@@ -138,6 +139,7 @@ class SQLiteStore:
         self._writes: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._closed = False
+        self._opened = time.time()
         self.commits = 0  # transactions committed: group commit makes this lower than the writes
 
     @classmethod
@@ -228,8 +230,11 @@ class SQLiteStore:
     # -- the outbox ----------------------------------------------------------------------------------
 
     async def enqueue(
-        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None
+        self, notifications: Sequence[Notification], *, now: float, state: StateChanges | None = None,
+        decided: Sequence[tuple[int, str]] = (),
     ) -> list[int]:
+        if decided:
+            raise ValueError("SQLite has no inbox: its one replica decides every request itself")
         rows = [
             (n.rule, n.service, n.api, n.action, n.dedup_key, n.json(), now, now)
             for n in notifications
@@ -449,6 +454,19 @@ class SQLiteStore:
             return found, kept
 
         return await self._read(select)
+
+    # -- the cluster: this process alone, always the decider --------------------------------------------
+
+    async def heartbeat(self, me: Member) -> ClusterView:
+        now = time.time()
+        return ClusterView(now=now, epoch=1, decider=me.id, leading=True, replicas=(
+            Replica(me.id, me.address, self._opened, now, me.ruleset, alive=True, decider=True),))
+
+    async def lead(self, epoch: int | None) -> None:
+        """Nothing to fence: the state dir's lock makes this process the only one."""
+
+    def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
+        """No other replica to hear from."""
 
     def problem(self) -> str | None:
         return self.lost() or self._write_problem
