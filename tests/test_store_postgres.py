@@ -1,6 +1,7 @@
 """What only the PostgreSQL store does: schema versions and `migrate` (which waits for every replica to
-stop: an advisory lock they hold shared), one process per replica id, leases a dead process left, DSNs that never show their password, and a server that stops
-and comes back under an open store (a cluster of the test's own, stopped with pg_ctl)."""
+stop: an advisory lock they hold shared), one process per replica id, leases a dead process left, DSNs
+that never show their password, and a server that stops and comes back under an open store (a cluster
+of the test's own, stopped with pg_ctl)."""
 
 from __future__ import annotations
 

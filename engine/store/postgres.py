@@ -79,6 +79,7 @@ PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a d
 RESPONSE_LIMIT = 8192  # characters of a response body kept
 POOL_SIZE = 4  # read connections
 POOL_TIMEOUT = 5.0  # seconds a read waits for a connection
+RESIGN_TIMEOUT = 2.0  # seconds a decider stepping down waits to give its lease up
 REPLICA_CHECKS = 12  # looks, 0.25 s apart, for another live process with this replica's id before refusing
 
 _ENTRY = "id, rule, service, api, action, dedup_key, body, created, due, attempts, collapsed"
@@ -212,10 +213,16 @@ class PostgresStore:
             raise
 
     async def lead(self, epoch: int | None) -> None:
-        """Decide with `epoch` from now on (the alert state read afresh), or not at all (None)."""
+        """Decide with `epoch` from now on (the alert state read afresh), or not at all (None: the decider's
+        lease given up, if this replica still holds it, so that another takes over at its next heartbeat)."""
         self._epoch = None
         self._groups, self._silences = {}, {}
         if epoch is None:
+            async def resign(conn: Connection) -> None:
+                await conn.execute("UPDATE decider SET until = 0 WHERE holder = %s", (self.session,))
+
+            with contextlib.suppress(StorageError, TimeoutError):  # else the lease runs out by itself
+                await asyncio.wait_for(self._read(resign), RESIGN_TIMEOUT)
             return
 
         async def read(conn: Connection) -> None:
@@ -276,7 +283,6 @@ class PostgresStore:
         async def give_back(conn: Connection) -> None:  # for the other replicas, at once
             await conn.execute("UPDATE chains SET lease_owner = NULL, lease_token = NULL, lease_until = NULL "
                                "WHERE lease_owner = %s", (self._owner,))
-            await conn.execute("UPDATE decider SET until = 0 WHERE holder = %s", (self.session,))
 
         if self._listener is not None:
             await self._listener.stop()

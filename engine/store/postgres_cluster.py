@@ -97,8 +97,8 @@ async def beat(conn: Connection, me: Member, session: str, *, started: float, de
 async def _lease(conn: Connection, session: str, lease: float) -> tuple[int | None, str | None]:
     """Renew the decider's lease if this session holds it, take it if it is free; (epoch, holder) after."""
     cur = await conn.execute(
-        f"SELECT epoch, holder, until < {NOW}, NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.backend) "
-        "FROM decider d WHERE id = 1")
+        f"SELECT epoch, holder, until < {NOW}, NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = d.backend), "
+        "until = 0 FROM decider d WHERE id = 1")
     row = await cur.fetchone()
     if row is None:
         cur = await conn.execute(f"INSERT INTO decider (id, epoch, holder, backend, since, until) VALUES "
@@ -106,7 +106,7 @@ async def _lease(conn: Connection, session: str, lease: float) -> tuple[int | No
                                  "RETURNING epoch", (session, lease))
         won = await cur.fetchone()
         return (1, session) if won else await _holder(conn)
-    epoch, holder, expired, gone = row
+    epoch, holder, expired, gone, resigned = row
     async with conn.transaction():
         await conn.execute(f"SET LOCAL lock_timeout = '{TAKEOVER_LOCK_TIMEOUT}'")
         if holder == session:
@@ -124,7 +124,8 @@ async def _lease(conn: Connection, session: str, lease: float) -> tuple[int | No
         taken = await cur.fetchone()
     if taken is None:
         return await _holder(conn)
-    log.info("took over the decider's lease from %s (%s)", holder, "its lease ran out" if expired else "it is gone")
+    why = "it stepped down" if resigned else "its lease ran out" if expired else "it is gone"
+    log.info("took over the decider's lease from %s (%s)", holder, why)
     return int(taken[0]), session
 
 
