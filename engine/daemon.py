@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -45,7 +45,7 @@ from engine.silences import parse_silence, restore_silence
 from engine.sources import sentry
 from engine.startup import listen, lock_state_dir, unlock
 from engine.state import Silence, State
-from engine.store import StorageError, Store
+from engine.store import DeadLetter, HistoryEntry, StorageError, Store
 from engine.store.sqlite import SQLiteStore
 from engine.units import iso_seconds
 
@@ -384,6 +384,22 @@ class Daemon:
         seconds after the request (0: none); waits up to `wait` seconds for PagerDuty's answer."""
         return await self.send_tests.send(self.ruleset.services[service_name], resolve_after=resolve_after,
                                           wait=wait, host=HOST, now=time.time())
+
+    async def silences(self) -> list[Silence]:
+        return await self.decider.silences()
+
+    async def history(self, *, rule: str | None, service: str | None, since: float | None, limit: int
+                      ) -> list[HistoryEntry]:
+        return await self.store.history(rule=rule, service=service, since=since, limit=limit)
+
+    async def dead_letters(self) -> list[DeadLetter]:
+        return await self.store.dead_letters()
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        return await self.store.purge_dead_letters(ids)
+
+    def services(self) -> list[str]:
+        return list(self.ruleset.services)
 
     async def retry_dead_letter(self, ident: int) -> int | None:
         new_id = await self.store.retry_dead_letter(ident, now=time.time())

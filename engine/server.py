@@ -13,10 +13,11 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from engine.api import Engine
 from engine.config import ADMIN, EVENTS, READ, ApiToken
 from engine.decider import Queued, accepted_view, queued_view
 from engine.deliver import RETRYING
@@ -32,14 +33,11 @@ from engine.state import Silence
 from engine.store import StorageError
 from engine.units import parse_duration, parse_moment
 
-if TYPE_CHECKING:
-    from engine.daemon import Daemon
-
 log = logging.getLogger("alert_engine.server")
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
-DAEMON: web.AppKey[Daemon] = web.AppKey("daemon")
+DAEMON: web.AppKey[Engine] = web.AppKey("daemon")
 MAX_BODY: web.AppKey[int] = web.AppKey("max_body")
 T = TypeVar("T")
 OFF_LOOP_BYTES = 256 * 1024  # bodies from this size are parsed on a worker thread
@@ -76,7 +74,7 @@ def error(status: int, message: str, *, headers: dict[str, str] | None = None, *
     return web.json_response({"error": message, **more}, status=status, headers=headers)
 
 
-def make_app(daemon: Daemon, max_body: int) -> web.Application:
+def make_app(daemon: Engine, max_body: int) -> web.Application:
     app = web.Application(client_max_size=max_body, middlewares=[_errors_as_json, _auth])
     app[DAEMON] = daemon
     app[MAX_BODY] = max_body
@@ -275,13 +273,13 @@ async def notifications(request: web.Request) -> web.Response:
         limit = int(q.get("limit", "100"))
     except ValueError as exc:
         return error(400, str(exc))
-    rows = await request.app[DAEMON].store.history(rule=q.get("rule"), service=q.get("service"), since=since,
+    rows = await request.app[DAEMON].history(rule=q.get("rule"), service=q.get("service"), since=since,
                                                    limit=max(1, min(limit, 10_000)))
     return web.json_response({"notifications": [_row(r, "created", "sent") for r in rows]})
 
 
 async def dead_letters(request: web.Request) -> web.Response:
-    rows = await request.app[DAEMON].store.dead_letters()
+    rows = await request.app[DAEMON].dead_letters()
     return web.json_response({"dead_letters": [_row(r, "created", "failed") for r in rows]})
 
 
@@ -295,13 +293,13 @@ async def retry_dead_letter(request: web.Request) -> web.Response:
 
 async def purge_dead_letter(request: web.Request) -> web.Response:
     ident = _id(request)
-    if not await request.app[DAEMON].store.purge_dead_letters([ident]):
+    if not await request.app[DAEMON].purge_dead_letters([ident]):
         return error(404, f"no dead letter {ident}")
     return web.json_response({"purged": 1})
 
 
 async def purge_dead_letters(request: web.Request) -> web.Response:
-    return web.json_response({"purged": await request.app[DAEMON].store.purge_dead_letters()})
+    return web.json_response({"purged": await request.app[DAEMON].purge_dead_letters()})
 
 
 async def send_test(request: web.Request) -> web.Response:
@@ -322,8 +320,8 @@ async def send_test(request: web.Request) -> web.Response:
             raise ValueError(f"'wait' must be from 0 to {MAX_WAIT:g}s")
     except (ValueError, KeyError, TypeError, OverflowError) as exc:  # OverflowError: an integer past a float
         return error(400, f'expected {{"service": NAME, "resolve_after": "30s", "wait": "30s"}}: {exc}')
-    if service not in daemon.ruleset.services:
-        return error(404, f"unknown service {service!r}", services=sorted(daemon.ruleset.services))
+    if service not in (services := daemon.services()):
+        return error(404, f"unknown service {service!r}", services=sorted(services))
     result = await daemon.send_test(service, resolve_after, wait)
     answer: dict[str, Any] = {"service": service, "dedup_key": result.dedup_key, "resolve_after": resolve_after,
                               "resolve": result.resolve}
@@ -371,7 +369,7 @@ async def add_silence(request: web.Request) -> web.Response:
 
 async def list_silences(request: web.Request) -> web.Response:
     now = time.time()
-    silences = await request.app[DAEMON].decider.silences()
+    silences = await request.app[DAEMON].silences()
     return web.json_response({"silences": [_silence(s, now) for s in silences]})
 
 
