@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.config import POSTGRESQL, SQLITE, ApiTokens, Config, StorageConfig, load_config, parse_tokens, read_dsn
+from engine.config import (
+    POSTGRESQL,
+    SQLITE,
+    ApiTokens,
+    ClusterConfig,
+    Config,
+    StorageConfig,
+    load_config,
+    parse_tokens,
+    read_dsn,
+)
 from engine.rules.errors import Problem
 
 FILE = "/etc/alert-engine/tokens"
@@ -107,6 +117,20 @@ def test_storage_settings_that_do_not_fit_are_located_errors(tmp_path):
         f"{path}:4:3: 'dsn' is for backend: postgresql"]
     assert config_errors(path, "rules: [r]\nstate_dir: s\nstorage: {backend: mysql}\n") == [
         f"{path}:3:11: 'backend' must be one of sqlite, postgresql, not 'mysql'"]
+
+
+def test_cluster_settings_are_for_postgresql_and_leases_outlast_three_heartbeats(tmp_path):
+    path = tmp_path / "engine.yaml"
+    pg = "rules: [r]\nstorage: {backend: postgresql, dsn: x}\n"
+    path.write_text(pg + "cluster: {replica_id: pager-1, advertise: 'http://pager-1:9595', decider_lease: 5s}\n")
+    config = load_config(str(path))
+    assert isinstance(config, Config)
+    assert config.cluster == ClusterConfig("pager-1", "http://pager-1:9595", 1.0, 5.0, 60.0)
+    assert config_errors(path, "rules: [r]\nstate_dir: s\ncluster: {replica_id: a}\n") == [
+        f"{path}:3:1: 'cluster' is for storage backend: postgresql"]
+    assert config_errors(path, pg + "cluster: {heartbeat: 4s}\n") == [
+        f"{path}:3:1: must be at least three heartbeats"]
+    assert config_errors(path, pg + "cluster: {replica_id: 'a b'}\n")[0].startswith(f"{path}:3:11: 'replica_id' is not valid: 'a b'")
 
 
 def test_the_dsn_file_gives_its_first_line_and_problems_never_quote_it(tmp_path):
