@@ -130,7 +130,8 @@ def test_cluster_settings_are_for_postgresql_and_leases_outlast_three_heartbeats
         f"{path}:3:1: 'cluster' is for storage backend: postgresql"]
     assert config_errors(path, pg + "cluster: {heartbeat: 4s}\n") == [
         f"{path}:3:1: must be at least three heartbeats"]
-    assert config_errors(path, pg + "cluster: {replica_id: 'a b'}\n")[0].startswith(f"{path}:3:11: 'replica_id' is not valid: 'a b'")
+    [bad_id] = config_errors(path, pg + "cluster: {replica_id: 'a b'}\n")
+    assert bad_id.startswith(f"{path}:3:11: 'replica_id' is not valid: 'a b'")
 
 
 def test_the_dsn_file_gives_its_first_line_and_problems_never_quote_it(tmp_path):
