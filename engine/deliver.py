@@ -51,7 +51,7 @@ from engine.metrics import Registry
 from engine.pacing import Slots, TokenBucket
 from engine.pagerduty import DEFAULT_BASE_URL, Answer, Client, Verdict, classify
 from engine.render import Notification
-from engine.store import DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN, OutboxEntry, StorageError, Store
+from engine.store import DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN, LeaseLost, OutboxEntry, StorageError, Store
 
 log = logging.getLogger("alert_engine.deliver")
 
@@ -263,6 +263,12 @@ class Deliverer:
                 assert self._client is not None, "start() first"
                 answer = await self._client.send(entry.notification, entry.payload, key)
             await self._settle(entry, answer, key)
+        except LeaseLost:
+            log.warning("another replica claimed this notification while this one was frozen or cut off for "
+                        "longer than cluster.delivery_lease: it is theirs now (sent twice if both sent it)",
+                        extra=_extra(entry))
+            with contextlib.suppress(Exception):
+                await self._store.release([entry])  # this store's own record of the lease
         except Exception:
             pause = min(self._backoff_cap, RECORD_RETRY_CAP)
             log.exception("delivery failed; it stays in the outbox, tried again in %gs", pause, extra=_extra(entry))

@@ -17,7 +17,7 @@ from engine.intake import Accepted, Intake
 from engine.metrics import Registry
 from engine.silences import parse_silence
 from engine.state import State, StateChanges
-from engine.store import StorageError
+from engine.store import LeaseLost, StorageError
 from engine.store.postgres import PostgresStore
 from engine.store.postgres_cluster import Deposed
 from tests.test_intake import load
@@ -122,7 +122,7 @@ async def test_a_delivery_lease_runs_out_unless_renewed_and_the_late_holder_cann
         await asyncio.sleep(0.7)  # a stops beating (frozen): the lease runs out
         [taken] = await b.claim(now=NOW, limit=10)
         assert taken.id == held.id
-        with pytest.raises(LookupError):  # a's completion, late, is refused: b holds the chain now
+        with pytest.raises(LeaseLost):  # a's completion, late, is refused: b holds the chain now
             await a.complete(held, now=NOW, status=202, response="")
         await b.complete(taken, now=NOW, status=202, response="")
         assert [h.id for h in await b.history()] == [held.id]

@@ -53,6 +53,11 @@ class StorageError(Exception):
     effect; the caller answers 503 (intake) or tries again later (delivery)."""
 
 
+class LeaseLost(LookupError):
+    """The write that ends a delivery found its chain claimed by another process: this one's lease ran out
+    (it was frozen or cut off for longer than the lease). Nothing was written; the other one delivers it."""
+
+
 @dataclass(frozen=True)
 class OutboxEntry:
     """A claimed notification. `payload` is the stored JSON (no key), sent through `render.with_key`."""

@@ -50,6 +50,7 @@ from engine.store import (
     DELIVERED,
     DeadLetter,
     HistoryEntry,
+    LeaseLost,
     OutboxEntry,
     StorageError,
     StoreCounts,
@@ -611,7 +612,7 @@ async def _check_lease(conn: Connection, entry: OutboxEntry, token: int | None) 
                                  "FOR UPDATE", (n.service, _key(n.dedup_key), token))
         if await cur.fetchone():
             return
-    raise LookupError(f"notification {entry.id} is not claimed by this process")
+    raise LeaseLost(f"notification {entry.id} is not claimed by this process (any more)")
 
 
 async def _leave_outbox(conn: Connection, entry: OutboxEntry, insert: str,
