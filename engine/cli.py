@@ -189,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "{rule, dedup_key, event}: e.g. --match '{field: rule, equals: disk-full}' or "
                          "--match '{field: event.host, prefix: db-}'.")
     sil_sub = sil.add_subparsers(dest="silence_action", required=True, metavar="ACTION")
-    sil_add = sil_sub.add_parser("add", parents=[api], help="add a silence")
+    sil_add = sil_sub.add_parser("add", parents=[api], help="add a silence",
+                                 description="Add a silence; exit 0 once it is in effect. With several replicas "
+                                 "(docs/ha.md), exit 3 when it was stored but no decider took it within 5 s "
+                                 "(during a takeover): it takes effect once one does.")
     sil_add.add_argument("--match", required=True, help="the condition, as YAML or JSON")
     sil_add.add_argument("--until", required=True,
                          help="an ISO 8601 time with a zone, or a duration (2h); at most 365 days ahead")

@@ -135,6 +135,10 @@ def cmd_silence(args: argparse.Namespace) -> int:
         answer = _api(args, "POST", "/v1/silences", body)
         if answer is None:
             return 1
+        if answer.get("decided") is False:
+            print(f"alert-engine: the silence is stored for the decider (inbox {answer['inbox']}), which has not "
+                  "taken it yet: it takes effect once decided; `silence list` shows it then", file=sys.stderr)
+            return 3
         print(f"silence {answer['id']} added, until {answer['until']}")
         return 0
     if args.silence_action == "list":
@@ -150,7 +154,11 @@ def cmd_silence(args: argparse.Namespace) -> int:
         return 0
     failed = 0
     for ident in args.ids:
-        if _api(args, "DELETE", f"/v1/silences/{ident}") is None:
+        answer = _api(args, "DELETE", f"/v1/silences/{ident}")
+        if answer is None:
+            failed += 1
+        elif answer.get("decided") is False:
+            print(f"silence {ident}: expiry stored for the decider, which has not taken it yet", file=sys.stderr)
             failed += 1
         else:
             print(f"silence {ident} expired")
