@@ -144,7 +144,8 @@ class Membership:
 
         started = time.monotonic()
         try:
-            view = await asyncio.wait_for(self._store.heartbeat(self._me()), max(self._interval, 2.0))
+            # half the lease: room for a takeover's lock wait, and still time to step down before it ends
+            view = await asyncio.wait_for(self._store.heartbeat(self._me()), self._lease / 2)
         except (StorageError, TimeoutError) as exc:
             if not self._failing:
                 log.error("heartbeat not recorded: %s", exc or "the database did not answer")
