@@ -143,9 +143,12 @@ class Membership:
         from engine.store import StorageError
 
         started = time.monotonic()
+        # half the lease: room for a takeover's lock wait; a decider waits no longer than it trusts itself
+        timeout = self._lease / 2
+        if self.epoch is not None:
+            timeout = max(0.0, min(timeout, self._renewed + self._lease - self._interval - started))
         try:
-            # half the lease: room for a takeover's lock wait, and still time to step down before it ends
-            view = await asyncio.wait_for(self._store.heartbeat(self._me()), self._lease / 2)
+            view = await asyncio.wait_for(self._store.heartbeat(self._me()), timeout)
         except (StorageError, TimeoutError) as exc:
             if not self._failing:
                 log.error("heartbeat not recorded: %s", exc or "the database did not answer")
