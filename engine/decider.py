@@ -194,9 +194,15 @@ class Decider:
     # -- the decider's own work --------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """The timed work due now, when leading."""
-        if self.leading:
-            await self._intake.tick(self._ruleset())
+        """The timed work due now, when leading; first, a state that could not be proven right after a
+        failed commit (`State.poisoned`) is read again from the database, once it answers."""
+        if self.epoch is None:
+            return
+        if self._intake.state.poisoned:
+            await self._store.lead(self.epoch)
+            self._intake.state = await self._load_state()
+            log.warning("the alert state was read again from the database: deciding again")
+        await self._intake.tick(self._ruleset())
 
     async def retain(self, ruleset: RuleSet, report: Callable[[list[Any]], None]) -> None:
         """Let go of the state of rules `ruleset` no longer has (after a reload), when leading."""

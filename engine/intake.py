@@ -254,7 +254,7 @@ class Intake:
         except StorageError as exc:
             # the store can be neither written nor read: the state cannot be proven right any more
             self.state.poisoned = f"after a failed commit ({cause}), the state could not be read back: {exc}"
-            log.critical("%s; restart the daemon", self.state.poisoned)
+            log.critical("%s; nothing is decided until it is read again from the database", self.state.poisoned)
             return
         self.state.replace(groups, rows, silence_ids, [restore_silence(text) for _, text in silence_rows])
         log.warning("a commit failed (%s): %d alert group(s) and %d silence(s) put back as stored", cause,

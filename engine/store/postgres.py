@@ -17,9 +17,11 @@ clears them in the database when it can; until then the next claim counts them a
 Alert state: only the decider writes it, each write fenced by its epoch (`postgres_cluster.fence`). While
 this replica decides (`lead`), the store keeps a copy of what it committed and `load_state` answers from
 it, also while the database cannot be reached: the intake puts a batch whose commit failed back as
-stored even when the failure was losing the server. (A commit whose answer was lost with the connection
-may have been stored after all: the client got a 503 and retries; at least once.) Otherwise `load_state`
-reads the database.
+stored even when the failure was losing the server. When the connection broke at COMMIT itself, the
+transaction may have been stored after all, and the copy is no longer known to be right: `load_state`
+refuses (the intake marks its state poisoned) until the decider reads the state again (`lead`), which the
+decider does as soon as the database answers (engine/decider.py). The client got a 503 and retries: at
+least once. Otherwise `load_state` reads the database.
 
 `lost()` is always None: the database is a server, not a file this process holds open that could be
 deleted or replaced under it; a database dropped or unreachable shows as failing writes (`problem()`).
@@ -155,6 +157,7 @@ class PostgresStore:
         self._epoch: int | None = None  # the decider's epoch while this replica decides
         self._groups: dict[tuple[str, str], str] = {}  # the alert state as committed, while deciding
         self._silences: dict[int, str] = {}
+        self._copy_known = True  # False after a commit of alert state whose outcome is unknown: `lead` again
         self._closed = False
 
     @classmethod
@@ -218,6 +221,7 @@ class PostgresStore:
         lease given up, if this replica still holds it, so that another takes over at its next heartbeat)."""
         self._epoch = None
         self._groups, self._silences = {}, {}
+        self._copy_known = True
         if epoch is None:
             async def resign(conn: Connection) -> None:
                 await conn.execute("UPDATE decider SET until = 0 WHERE holder = %s", (self.session,))
@@ -325,7 +329,12 @@ class PostgresStore:
             await conn.execute("SELECT pg_notify(%s, '')", (cluster.OUTBOX,))
             return ids
 
-        return await self._write(insert, then=lambda _: self._remember(state))
+        try:
+            return await self._write(insert, then=lambda _: self._remember(state))
+        except StorageError:
+            if fenced and self._writer.uncertain:
+                self._copy_known = False  # the connection broke at COMMIT: it may have happened after all
+            raise
 
     async def claim(self, *, now: float, limit: int) -> list[OutboxEntry]:
         async def lease(conn: Connection) -> list[tuple[OutboxEntry, int, int | None]]:
@@ -515,6 +524,9 @@ class PostgresStore:
             raise RuntimeError("store is closed")
         if self._epoch is None:
             return await self._read(lambda conn: _stored_state(conn, groups, silences))
+        if not self._copy_known:
+            raise StorageError("the last commit's outcome is unknown (the connection broke while it ran): the "
+                               "state is read again from the database once it answers")
         wanted = sorted(self._groups) if groups is None else [g for g in groups if g in self._groups]
         ids = sorted(self._silences) if silences is None else [i for i in silences if i in self._silences]
         return [(rule, key, self._groups[rule, key]) for rule, key in wanted], [(i, self._silences[i]) for i in ids]

@@ -181,6 +181,7 @@ class Writer:
         self._writes: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self.problem: str | None = None
+        self.uncertain = False  # the last batch failed at COMMIT with the connection: it may have committed
         self.commits = 0  # transactions committed: group commit makes this lower than the writes
 
     async def write(self, op: Op, then: Callable[[Any], None] | None = None) -> Any:
@@ -216,6 +217,7 @@ class Writer:
         """The batch in one transaction, each write in its own savepoint."""
         outcomes: list[tuple[bool, Any]] = []
         problem = None
+        self.uncertain = committing = False
         try:
             conn = await self._connection()
             async with conn.transaction():
@@ -233,8 +235,10 @@ class Writer:
                         outcomes.append((False, exc))
                     else:
                         outcomes.append((True, value))
+                committing = True
             self.commits += 1
         except (psycopg.Error, StorageError) as exc:
+            self.uncertain = committing and isinstance(exc, psycopg.OperationalError)
             self.problem = str(exc if isinstance(exc, StorageError) else self._messages.error(exc))
             return [(False, StorageError(self.problem))] * len(batch)
         self.problem = problem
