@@ -149,6 +149,7 @@ class Daemon:
         self.deliverer = Deliverer(
             self.store, service_key=self._service_key, base_url=pd.url, timeout=pd.timeout, concurrency=pd.concurrency,
             give_up_after=pd.give_up_after, rate_per_key=pd.rate_per_key, burst=pd.burst,
+            pacer=self.store.pacer(pd.rate_per_key, pd.burst) if pd.rate_per_key > 0 else None,
             metrics=self.metrics, dry_run=self.out if self.dry_run else None,
             on_dead_letter=self._dead_lettered, on_outcome=self.send_tests.outcome,
         )

@@ -18,7 +18,8 @@
   response. A notification still undelivered `give_up_after` seconds after its creation is
   dead-lettered with the last answer: the last attempt is made at that deadline at the latest, and a
   `Retry-After` reaching past it gives up at once.
-- Pacing: a token bucket per integration key (`rate_per_key` per minute, `burst`; 0 turns it off).
+- Pacing: GCRA per integration key (`rate_per_key` per minute, `burst`; 0 turns it off), across every
+  replica on PostgreSQL (engine/pacing.py).
   A chain head that had to wait, for a token or a retry, is backlogged: before it is sent (and before it
   takes a request slot), the triggers queued right behind it are collapsed into the newest (see
   `engine.store`). Waiting for a slot does not count: under load nearly every head waits for one, and a
@@ -48,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from engine.metrics import Registry
-from engine.pacing import Slots, TokenBucket
+from engine.pacing import Gcra, Pacer, Slots
 from engine.pagerduty import DEFAULT_BASE_URL, Answer, Client, Verdict, classify
 from engine.render import Notification
 from engine.store import DEAD_LETTERED, DELIVERED, DELIVERED_DRY_RUN, LeaseLost, OutboxEntry, StorageError, Store
@@ -113,6 +114,7 @@ class Deliverer:
         give_up_after: float = 24 * 3600.0,
         rate_per_key: float = 120.0,
         burst: int = 20,
+        pacer: Pacer | None = None,
         backoff_base: float = 1.0,
         backoff_cap: float = 300.0,
         metrics: Registry | None = None,
@@ -127,8 +129,8 @@ class Deliverer:
         self._base_url = base_url
         self._timeout = timeout
         self._give_up_after = give_up_after
-        self._rate = rate_per_key / 60.0
-        self._burst = burst
+        # the pace of each key: `pacer` (shared by the replicas), else this process's own; None: off
+        self._pacer = pacer if pacer is not None or rate_per_key <= 0 else Gcra(rate_per_key / 60.0, burst)
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._dry_run = dry_run
@@ -136,7 +138,6 @@ class Deliverer:
         self._rng = rng or random.Random()
         self._on_dead_letter = on_dead_letter
         self._on_outcome = on_outcome
-        self._buckets: dict[str, TokenBucket] = {}  # by integration key
         self._slots = Slots(concurrency, clock)  # by integration key, with the Retry-After pauses
         self._reads_failing = False  # the last look at the outbox failed (logged once)
         self._writes_failing = False  # the last write of an outcome failed (logged once)
@@ -255,8 +256,8 @@ class Deliverer:
                 await self._write_dry_run(entry, key)
                 return
             waited = entry.attempts > 0
-            if self._rate > 0:
-                waited = await self._paced(entry, key) or waited
+            if self._pacer is not None:
+                waited = await self._paced(self._pacer, entry, key) or waited
             if waited:
                 entry = await self._collapse(entry)
             async with self._slots.slot(key):
@@ -276,15 +277,12 @@ class Deliverer:
             with contextlib.suppress(Exception):
                 await self._store.release([entry])
 
-    async def _paced(self, entry: OutboxEntry, key: str) -> bool:
-        """Wait for a token of the key's bucket; whether that took any time."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self._rate, self._burst, time.monotonic())
-        delay = bucket.reserve(time.monotonic())
+    async def _paced(self, pacer: Pacer, entry: OutboxEntry, key: str) -> bool:
+        """Wait for the key's next send; whether that took any time."""
+        delay = await pacer.reserve(key)
         if delay <= 0:
             return False
-        log.debug("paced: waiting %.3fs for a token", delay, extra=_extra(entry))
+        log.debug("paced: waiting %.3fs for the key's next send", delay, extra=_extra(entry))
         await asyncio.sleep(delay)
         return True
 
@@ -327,6 +325,8 @@ class Deliverer:
         if answer.retry_after is not None:
             wait = max(wait, answer.retry_after)
             self._slots.pause(key, now + answer.retry_after)
+            if self._pacer is not None:  # for every replica: the shared pace
+                await self._pacer.pause(key, answer.retry_after)
             if now + answer.retry_after > deadline:
                 reason = f"gave up: Retry-After {answer.retry_after:g}s reaches past give_up_after"
                 await self._bury(entry, answer, reason, now, extra)

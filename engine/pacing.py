@@ -1,35 +1,61 @@
-"""Per integration key: how fast (`TokenBucket`) and how many at once (`Slots`).
+"""Per integration key: how fast (`Gcra`, `Pacer`) and how many at once (`Slots`).
 
 PagerDuty limits, and sometimes stalls, each integration key on its own; one key's trouble must not
 hold back the pages of another. Keys here are the integration keys delivery sends with (two services
 sharing a key share its pace and its slots).
+
+How fast is GCRA, the generic cell rate algorithm: each key has a theoretical arrival time `tat`; one
+send every `interval` seconds (60 / rate_per_key), up to `burst` at once. A reservation made at `now` may
+send at `max(tat, now) - tolerance` (tolerance = (burst - 1) * interval) and moves `tat` one interval on,
+so waiters are served in reservation order, and in any window of t seconds at most burst + t / interval
+sends start. PagerDuty's `Retry-After` moves `tat` so that no reservation sends before it ends (and
+after it, sends resume at the rate, without a new burst). One
+number per key, one update per send: on PostgreSQL the same arithmetic is one statement on a shared row
+(engine/store/postgres_pacing.py), so the pace holds across every replica together; with SQLite (one
+process) it is `Gcra` in memory.
+
+How many at once (`Slots`) stays per process: it bounds this process's requests in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 
-class TokenBucket:
-    """`rate` tokens per second up to `burst`. `reserve` takes one now and says how long to wait for it.
+class Pacer(Protocol):
+    """The pace of each integration key."""
 
-    Reservations may run the bucket negative: waiters are served in reservation order.
-    """
+    async def reserve(self, key: str) -> float:
+        """Take the next send of `key`; how many seconds to wait before sending it."""
+        ...
 
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.tokens = burst
-        self.stamp = now
+    async def pause(self, key: str, seconds: float) -> None:
+        """PagerDuty said `Retry-After: seconds` for `key`: no send of it starts before then."""
+        ...
 
-    def reserve(self, now: float) -> float:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+class Gcra:
+    """GCRA for one process: `rate` sends per second after a `burst`; `clock` in seconds."""
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self.tolerance = (max(burst, 1) - 1) * self.interval
+        self._clock = clock
+        self._tat: dict[str, float] = {}
+
+    async def reserve(self, key: str) -> float:
+        now = self._clock()
+        start = max(self._tat.get(key, now), now)
+        self._tat[key] = start + self.interval
+        return max(0.0, start - self.tolerance - now)
+
+    async def pause(self, key: str, seconds: float) -> None:
+        self._tat[key] = max(self._tat.get(key, 0.0), self._clock() + seconds + self.tolerance)
 
 
 class Slots:

@@ -5,6 +5,7 @@ and takeover, fencing by epoch, delivery leases that run out, and the inbox from
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -164,3 +165,26 @@ async def test_the_inbox_hands_events_and_silences_to_the_decider_who_answers_wi
         finally:
             for d in deciders.values():
                 await d.deposed("test over")
+
+
+def most_in_any_window(starts: list[float], window: float) -> int:
+    starts = sorted(starts)
+    return max(sum(1 for t in starts[i:] if t < s + window) for i, s in enumerate(starts))
+
+
+async def test_pacing_is_one_budget_per_key_across_replicas_and_retry_after_pauses_them_all(postgres_dsn):
+    async with replica(postgres_dsn, "a") as a, replica(postgres_dsn, "b") as b:
+        paces = [a.pacer(60, 10), b.pacer(60, 10)]  # rate_per_key: 60/min, burst: 10
+        starts = []
+        for i in range(30):
+            asked = time.monotonic()
+            starts.append(asked + await paces[i % 2].reserve("the-key"))
+        for window in (1.0, 5.0, 10.0):
+            assert most_in_any_window(starts, window) <= 10 + window
+        assert max(starts) - min(starts) >= 19.0  # 30 sends: 10 at once, then one a second
+        assert await paces[0].reserve("another-key") == 0.0
+        await paces[0].pause("paused-key", 30.0)  # PagerDuty's Retry-After, seen by a
+        assert 29.0 < await paces[1].reserve("paused-key") <= 30.0  # holds b too
+        with psycopg.connect(postgres_dsn) as conn:  # the row names a digest, never the key
+            keys = [k for k, in conn.execute("SELECT key FROM pacing ORDER BY key")]
+        assert len(keys) == 3 and not any("key" in k for k in keys)

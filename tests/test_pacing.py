@@ -2,13 +2,32 @@ import asyncio
 import contextlib
 import time
 
-from engine.pacing import Slots, TokenBucket
+from engine.pacing import Gcra, Slots
 
 
-def test_token_bucket_gives_the_burst_then_spaces_by_the_rate():
-    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
-    assert [bucket.reserve(0.0) for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
-    assert bucket.reserve(10.0) == 0.0  # refilled, up to the burst
+class Now:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_gcra_gives_the_burst_then_spaces_by_the_rate_in_reservation_order():
+    clock = Now()
+    pace = Gcra(rate=2.0, burst=2, clock=clock)
+    assert [await pace.reserve("k") for _ in range(4)] == [0.0, 0.0, 0.5, 1.0]
+    assert await pace.reserve("other") == 0.0  # each key its own pace
+    clock.now += 10
+    assert [await pace.reserve("k") for _ in range(3)] == [0.0, 0.0, 0.5]  # back to the burst, no more
+
+
+async def test_gcra_pause_holds_every_send_of_the_key_until_retry_after_ends():
+    clock = Now()
+    pace = Gcra(rate=2.0, burst=3, clock=clock)
+    await pace.pause("k", 5.0)
+    assert [await pace.reserve("k") for _ in range(3)] == [5.0, 5.5, 6.0]  # then at the rate, no burst
+    assert await pace.reserve("other") == 0.0
 
 
 class Holder:

@@ -158,6 +158,8 @@ async def test_a_server_that_stops_fails_writes_keeps_leases_and_state_and_every
         with pytest.raises(StorageError):
             await store.counts()
         await store.release([b])  # forgotten here at once; never raises
+        pace = store.pacer(60, 2)  # the shared pace cannot be asked: this process paces on its own
+        assert [await pace.reserve("k") for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0, abs=0.1)]
         assert (await store.load_state()) == ([], [])  # the state needs no server
         own_postgres.start()
         await store.probe()  # a new connection, the lock taken again

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from engine.cluster import ClusterView, Member
+from engine.pacing import Pacer
 from engine.render import Notification, with_details
 from engine.state import StateChanges
 
@@ -139,6 +140,10 @@ class Store(Protocol):
 
     async def lead(self, epoch: int | None) -> None:
         """Decide, fenced by `epoch`, from now on (the alert state read afresh), or stop deciding (None)."""
+        ...
+
+    def pacer(self, rate_per_minute: float, burst: int) -> Pacer:
+        """The pace of each integration key (engine/pacing.py): shared by every replica on PostgreSQL."""
         ...
 
     def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:

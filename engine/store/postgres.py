@@ -43,6 +43,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from engine.cluster import ClusterView, Member
+from engine.pacing import Pacer
 from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
@@ -60,6 +61,7 @@ from engine.store import (
 )
 from engine.store import postgres_cluster as cluster
 from engine.store.postgres_cluster import NOW, InboxItem, Listener
+from engine.store.postgres_pacing import SharedPacer
 from engine.store.postgres_schema import SCHEMA_VERSION, schema_version
 from engine.store.postgres_session import (
     CONNECT_TIMEOUT,
@@ -262,6 +264,16 @@ class PostgresStore:
     async def inbox_backlog(self) -> tuple[int, float | None]:
         """Inbox rows waiting for the decider, and when the oldest came."""
         return await self._read(cluster.backlog)
+
+    def pacer(self, rate_per_minute: float, burst: int) -> Pacer:
+        """The pace of each key across every replica (`postgres_pacing`)."""
+        async def run(sql: str, params: dict[str, Any]) -> Any:
+            async def one(conn: Connection) -> Any:
+                return await (await conn.execute(sql, params)).fetchone()
+
+            return await self._read(one)
+
+        return SharedPacer(run, rate_per_minute / 60.0, burst)
 
     async def prune_inbox(self) -> int:
         return await self._write(cluster.prune)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.cluster import ClusterView, Member, Replica
+from engine.pacing import Gcra, Pacer
 from engine.render import Notification, encode
 from engine.state import StateChanges
 from engine.store import (
@@ -467,6 +468,10 @@ class SQLiteStore:
 
     def listen(self, wake: Mapping[str, Callable[[], None]]) -> None:
         """No other replica to hear from."""
+
+    def pacer(self, rate_per_minute: float, burst: int) -> Pacer:
+        """This process alone sends: the pace in memory."""
+        return Gcra(rate_per_minute / 60.0, burst)
 
     def problem(self) -> str | None:
         return self.lost() or self._write_problem
