@@ -121,11 +121,12 @@ WITH woken AS (UPDATE outbox SET due = %(now)s WHERE attempts > 0 AND due > %(no
      heads AS (UPDATE chains SET due = %(now)s WHERE head IN (SELECT id FROM woken))
 SELECT count(*) FROM woken
 """
-_TO_HISTORY = ("INSERT INTO history (id, rule, service, api, action, dedup_key, body, outcome, attempts, collapsed, "
-               "created, sent, status, response) SELECT id, rule, service, api, action, dedup_key, body, ")
-_TO_DEAD_LETTERS = ("INSERT INTO dead_letters (id, rule, service, api, action, dedup_key, body, reason, attempts, "
-                    "collapsed, created, failed, status, response) SELECT id, rule, service, api, action, dedup_key, "
-                    "body, ")
+_TO_HISTORY = ("INSERT INTO history (epoch, id, rule, service, api, action, dedup_key, body, outcome, attempts, "
+               "collapsed, created, sent, status, response) SELECT epoch, id, rule, service, api, action, dedup_key, "
+               "body, ")
+_TO_DEAD_LETTERS = ("INSERT INTO dead_letters (epoch, id, rule, service, api, action, dedup_key, body, reason, "
+                    "attempts, collapsed, created, failed, status, response) SELECT epoch, id, rule, service, api, "
+                    "action, dedup_key, body, ")
 
 T = TypeVar("T")
 Chain = tuple[str, str]  # (service, dedup key)

@@ -17,8 +17,9 @@ A lease runs out at `lease_until` (the database's clock) unless its replica's he
 
 Shared by the replicas (engine/store/postgres_cluster.py): `decider`, the one row of the decider's lease
 and epoch; `replicas`, their heartbeats; `inbox`, what replicas that do not decide hand to the decider;
-`pacing`, the pace of each integration key (by digest, never the key). `outbox.epoch` is the decider's
-epoch that wrote a notification (0: written without deciding, like a test page).
+`pacing`, the pace of each integration key (by digest, never the key). `epoch` of outbox, history and
+dead_letters is the decider's epoch that wrote a notification (0: written without deciding, like a test
+page), so that no write of a deposed decider can pass unseen.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE chains ADD COLUMN lease_until double precision;
     ALTER TABLE outbox ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    ALTER TABLE history ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
+    ALTER TABLE dead_letters ADD COLUMN epoch bigint NOT NULL DEFAULT 0;
     CREATE TABLE decider (
         id integer PRIMARY KEY CHECK (id = 1),
         epoch bigint NOT NULL, holder text NOT NULL, backend integer NOT NULL,
