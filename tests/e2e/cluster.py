@@ -232,7 +232,6 @@ class Sender:
     refused: int = 0  # answers other than 202, and connection errors (each then retried)
     in_flight: int = 0
     slow: list[float] = field(default_factory=list)  # seconds of each request that took over a second
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run_flows(self, flows: list[list[dict[str, Any]]], duration: float) -> None:
         """Run the flows (each a list of events) until they end, or no new event once `duration` passed

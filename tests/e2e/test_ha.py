@@ -72,7 +72,7 @@ async def test_chaos_kill_9_of_a_random_replica_every_20s_loses_nothing_and_page
         expected = await replayed(tmp_path, sender.acked)
         duplicates = check_against_replay(sequences(fake_pagerduty.requests), expected)
         assert 0 <= duplicates <= in_flight_at_kills
-        assert len(sender.acked) > 2000  # a steady stream went through, kills and all
+        assert len(sender.acked) > 1500  # a steady stream went through, kills and all
     finally:
         proxy.stop()
         await replicas.close()
