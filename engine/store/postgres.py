@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from engine.cluster import ClusterView, Member
 from engine.pacing import Pacer
@@ -83,7 +83,7 @@ log = logging.getLogger("alert_engine.store")
 PROBE_BYTES = 128 * 1024  # what `probe` writes, as on SQLite: a recovery is a database that takes a batch
 RESPONSE_LIMIT = 8192  # characters of a response body kept
 POOL_SIZE = 4  # read connections
-POOL_TIMEOUT = 5.0  # seconds a read waits for a connection
+POOL_TIMEOUT = 1.5  # seconds a read waits for a connection (within the health check's 2 s)
 RESIGN_TIMEOUT = 2.0  # seconds a decider stepping down waits to give its lease up
 REPLICA_CHECKS = 12  # looks, 0.25 s apart, for another live process with this replica's id before refusing
 
@@ -178,9 +178,7 @@ class PostgresStore:
             return await _locked(await connect(conninfo, messages), messages.where, session)
 
         conn = await messages.naming(writer_session())
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            conninfo, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection, timeout=POOL_TIMEOUT, name="alert-engine")
+        pool = _read_pool(conninfo)
         store = cls(Writer(conn, writer_session, messages), pool, messages, session, conninfo,
                     delivery_lease=delivery_lease, decider_lease=decider_lease)
         try:
@@ -285,8 +283,21 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn:
                 return await fn(conn)
+        except PoolTimeout as exc:
+            if self._writer.problem is None and not self._pool.get_stats().get("pool_size"):
+                await self._renew_pool()  # no connection at all, yet the server takes writes
+            raise self._messages.error(exc) from exc
         except psycopg.Error as exc:
             raise self._messages.error(exc) from exc
+
+    async def _renew_pool(self) -> None:
+        """A new read pool, when the old one gives no connection while the server takes writes: after an
+        outage psycopg_pool tries to connect again with a backoff that doubles (1, 2, 4, … s), so reads
+        would lag a long outage's end by as long again."""
+        old, self._pool = self._pool, _read_pool(self._conninfo)
+        await self._pool.open(wait=False)
+        await old.close(timeout=0)
+        log.info("%s: a new read pool, the old one still waiting to reconnect", self.where)
 
     async def _write(self, op: Op, then: Callable[[Any], None] | None = None) -> Any:
         if self._closed:
@@ -581,6 +592,11 @@ class PostgresStore:
 
 
 # -- connecting ---------------------------------------------------------------------------------------
+
+
+def _read_pool(conninfo: str) -> AsyncConnectionPool[Any]:
+    return AsyncConnectionPool(conninfo, min_size=1, max_size=POOL_SIZE, open=False, kwargs={"autocommit": True},
+                               check=AsyncConnectionPool.check_connection, timeout=POOL_TIMEOUT, name="alert-engine")
 
 
 async def _locked(conn: Connection, where: str, session: str) -> Connection:
