@@ -18,6 +18,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bench.cluster import ha
 from bench.harness import Harness, Options
 from bench.matching import match
 from bench.profile import Sampling
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Scenario] = {
     "outage": outage,
     "memory": memory,
     "stall": stall,
+    "ha": ha,
 }
 
 INTRO = """\

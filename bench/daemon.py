@@ -63,6 +63,7 @@ class EngineProcess:
         config_file = self.workdir / "engine.yaml"
         config_file.write_text(yaml.safe_dump(self.config))
         notify_path = self.workdir / "notify.sock"
+        notify_path.unlink(missing_ok=True)  # a restart binds it again
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind(str(notify_path))
         self._notify.setblocking(False)
