@@ -251,6 +251,7 @@ class Decider:
         """Decide the inbox, oldest first, a batch per round; when it is empty, wait for a wake-up (or the
         poll). A round that could not be stored is tried again after a pause."""
         while True:
+            self._inbox_wake.clear()  # before looking: a wake-up while reading is kept for the next round
             try:
                 rows = await self._handing().take_inbox(limit=INBOX_BATCH)
             except StorageError as exc:
@@ -264,7 +265,6 @@ class Decider:
                     continue
                 log.error("%d inbox request(s) not decided, tried again in %gs: %s", len(failed), INBOX_POLL,
                           failed[0])
-            self._inbox_wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._inbox_wake.wait(), INBOX_POLL)
 
