@@ -16,6 +16,7 @@ import time
 import psycopg
 
 from tests.e2e.cluster import (
+    HA_RULES,
     HAPROXY_CONFIG,
     HAProxy,
     Replicas,
@@ -259,4 +260,22 @@ async def test_a_rolling_restart_loses_nothing_and_sends_nothing_twice(tmp_path,
         assert check_against_replay(sequences(fake_pagerduty.requests), expected) == 0
     finally:
         proxy.stop()
+        await replicas.close()
+
+
+async def test_replicas_serving_different_rule_sets_are_reported_in_status_and_metrics(
+        tmp_path, new_database, fake_pagerduty):
+    replicas = Replicas(tmp_path, new_database(), fake_pagerduty.url, 2)
+    await replicas.start()
+    try:
+        (tmp_path / "rules" / "rules.yaml").write_text(
+            HA_RULES + "  - name: extra\n    match: {field: kind, equals: extra}\n    services: [pay]\n")
+        assert (await replicas[1].request("POST", "/-/reload"))[0] == 200  # r1 only: a reload half done
+        status = await replicas[0].poll("/v1/status", lambda s: s["cluster"]["ruleset_mismatch"])
+        rulesets = {r["id"]: r["ruleset"] for r in status["cluster"]["replicas"]}
+        assert rulesets["r0"] != rulesets["r1"] and all(r["alive"] for r in status["cluster"]["replicas"])
+        await replicas[0].poll("/metrics", lambda m: "alert_engine_cluster_ruleset_mismatch 1" in m)
+        assert (await replicas[0].request("POST", "/-/reload"))[0] == 200  # the reload completed: agreed again
+        await replicas[1].poll("/v1/status", lambda s: not s["cluster"]["ruleset_mismatch"])
+    finally:
         await replicas.close()
