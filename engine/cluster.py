@@ -168,11 +168,22 @@ class Membership:
             if self.epoch is not None:
                 await self._step_down(f"epoch {self.epoch} is over (the decider is now {view.decider or 'nobody'})")
             if mine is not None:
-                self.epoch = mine
-                self._decider.set(1)
-                self._elections.inc()
-                log.info("this replica is the decider now (epoch %d)", mine)
-                await self._elected(mine)
+                await self._take_up(mine)
+
+    async def _take_up(self, epoch: int) -> None:
+        """Decide from now on; when that cannot start (the state cannot be read yet), let the lease go so
+        that the next heartbeat, here or elsewhere, tries again."""
+        try:
+            await self._elected(epoch)
+        except Exception as exc:
+            log.error("the decider's lease was taken, but deciding could not start (%s): given up, tried "
+                      "again at the next heartbeat", exc)
+            await self._deposed("deciding could not start")
+            return
+        self.epoch = epoch
+        self._decider.set(1)
+        self._elections.inc()
+        log.info("this replica is the decider now (epoch %d)", epoch)
 
     async def _step_down(self, why: str) -> None:
         log.warning("this replica stops deciding: %s", why)

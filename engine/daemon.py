@@ -482,6 +482,7 @@ class Daemon:
         }
 
     async def status_view(self) -> dict[str, Any]:
+        cluster = await self._cluster_view()  # the inbox before the outbox: a request moves from one to the other
         counts = await self.store.counts()
         return {
             "outbox": counts.outbox,
@@ -493,7 +494,7 @@ class Daemon:
             "last_reload": self.last_reload.view(),
             "dry_run": self.dry_run,
             "stopping": self.stopping,
-            "cluster": await self._cluster_view(),
+            "cluster": cluster,
         }
 
     async def _cluster_view(self) -> dict[str, Any]:

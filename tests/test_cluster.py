@@ -188,3 +188,23 @@ async def test_pacing_is_one_budget_per_key_across_replicas_and_retry_after_paus
         with psycopg.connect(postgres_dsn) as conn:  # the row names a digest, never the key
             keys = [k for k, in conn.execute("SELECT key FROM pacing ORDER BY key")]
         assert len(keys) == 3 and not any("key" in k for k in keys)
+
+
+async def test_a_replica_that_cannot_start_deciding_gives_up_and_tries_again_at_the_next_beat(postgres_dsn):
+    async with replica(postgres_dsn, "a") as a:
+        calls: list[object] = []
+
+        async def elected(epoch: int) -> None:
+            calls.append(epoch)
+            if len(calls) == 1:
+                raise StorageError("database: couldn't get a connection")  # the state cannot be read yet
+
+        async def deposed(why: str) -> None:
+            calls.append(why)
+
+        membership = Membership(a, lambda: member("a"), interval=0.2, lease=2.0, elected=elected, deposed=deposed,
+                                metrics=Registry())
+        await membership.beat()
+        assert not membership.leading and calls == [1, "deciding could not start"]
+        await membership.beat()
+        assert membership.leading and calls[-1] == 1

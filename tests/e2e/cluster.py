@@ -118,14 +118,13 @@ class Replicas:
                 await asyncio.sleep(0.05)
 
     async def drained(self, timeout: float = 60) -> None:
-        """Until nothing waits in the inbox or the outbox, twice in a row (status reads the two one after
-        the other: a row decided in between would be in neither)."""
-        empty = 0
+        """Until nothing waits in the inbox or the outbox (status reads the inbox first: a request decided
+        meanwhile is then in the outbox)."""
         async with asyncio.timeout(timeout):
-            while empty < 2:
+            while True:
                 found = await self.status(self.alive()[0])
-                empty = empty + 1 if found and found["outbox"] == 0 and found["cluster"]["inbox"]["waiting"] == 0 \
-                    else 0
+                if found and found["cluster"]["inbox"]["waiting"] == 0 and found["outbox"] == 0:
+                    return
                 await asyncio.sleep(0.2)
 
     def output(self) -> str:
