@@ -161,6 +161,7 @@ class PostgresStore:
         self._groups: dict[tuple[str, str], str] = {}  # the alert state as committed, while deciding
         self._silences: dict[int, str] = {}
         self._copy_known = True  # False after a commit of alert state whose outcome is unknown: `lead` again
+        self._pool_since = 0  # the writer's reconnects when the read pool was made
         self._closed = False
 
     @classmethod
@@ -280,6 +281,9 @@ class PostgresStore:
     async def _read(self, fn: Callable[[Connection], Awaitable[T]]) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
+        if self._writer.reconnects != self._pool_since:  # the server came back: the pool's sessions are gone too
+            self._pool_since = self._writer.reconnects
+            await self._renew_pool()
         try:
             async with self._pool.connection() as conn:
                 return await fn(conn)
@@ -291,9 +295,10 @@ class PostgresStore:
             raise self._messages.error(exc) from exc
 
     async def _renew_pool(self) -> None:
-        """A new read pool, when the old one gives no connection while the server takes writes: after an
-        outage psycopg_pool tries to connect again with a backoff that doubles (1, 2, 4, … s), so reads
-        would lag a long outage's end by as long again."""
+        """A new read pool, when the writer had to connect again (the server restarted) or the old pool
+        gives no connection while the server takes writes: after an outage psycopg_pool tries to connect
+        again with a backoff that doubles (1, 2, 4, … s), so reads would lag a long outage's end by as
+        long again."""
         old, self._pool = self._pool, _read_pool(self._conninfo)
         await self._pool.open(wait=False)
         await old.close(timeout=0)

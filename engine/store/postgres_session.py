@@ -182,6 +182,7 @@ class Writer:
         self._flusher: asyncio.Task[None] | None = None
         self.problem: str | None = None
         self.uncertain = False  # the last batch failed at COMMIT with the connection: it may have committed
+        self.reconnects = 0  # sessions made again after the connection broke
         self.commits = 0  # transactions committed: group commit makes this lower than the writes
 
     async def write(self, op: Op, then: Callable[[Any], None] | None = None) -> Any:
@@ -256,5 +257,6 @@ class Writer:
             self._conn = None
             log.warning("%s: the connection broke; connecting again", self._messages.where)
         self._conn = await self._connect()
+        self.reconnects += 1
         log.info("%s: connected again, holding its lock", self._messages.where)
         return self._conn
