@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.cluster import ha
+from bench.faults import ha_faults
 from bench.harness import Harness, Options
 from bench.matching import match
 from bench.profile import Sampling
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, Scenario] = {
     "memory": memory,
     "stall": stall,
     "ha": ha,
+    "ha-faults": ha_faults,
 }
 
 INTRO = """\

@@ -163,7 +163,7 @@ async def test_postgresql_down_30s_under_load_503_fast_back_fast_nothing_lost(tm
         own_postgres.stop()
         stopped = time.monotonic()
         # every replica refuses at once, without hanging: 503 within 2 s
-        for d in replicas:
+        for d in replicas.daemons:
             for _ in range(3):
                 started = time.monotonic()
                 status, _ = await d.post_events({"kind": "flap", "key": "probe", "state": "bad"})
